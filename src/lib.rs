@@ -1,0 +1,25 @@
+//! ballast: a Layer-4 TCP load balancer.
+//!
+//! Map of the crate, one module per job:
+//!
+//! - [`config`]: reads `balancer.ron` into raw serde types, then validates them into domain
+//!   types ([`config::Config`]); errors name the file, line:column and what was expected.
+//! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
+//!   candidates (weight, active connections, load, availability) and returns an index.
+//! - [`backend`]: the live, shared counters of one backend and the RAII guard that keeps the
+//!   active-connection count honest.
+//! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
+//! - [`server`]: the accept loop: pick a backend, connect (with failover), relay; stops on
+//!   shutdown and drains with a bounded grace period.
+//! - [`http`]: the minimal HTTP/1.1 code shared by the demo backend (no framework).
+//! - [`demo`]: the demo backend served by the `ballast-backend` binary.
+//! - [`cli`]: command-line parsing for the `ballast` binary.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod relay;
+pub mod selection;
+pub mod server;
