@@ -1,1 +1,490 @@
-//! TODO
+//! Configuration: `balancer.ron` parsed into raw serde types (unknown fields rejected), then
+//! validated into domain types. Every error names the file and, where the text is at fault,
+//! the line and column.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The highest weight a backend may have. It bounds the smooth weighted round robin schedule
+/// (sum of weights entries) and matches HAProxy's range.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// Default time allowed for a TCP connect to a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time open connections get to finish after a shutdown request.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Algorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    WorkloadSensitive,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// 0 means drained: the backend takes no new connections.
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The text is not a valid configuration at `line:col`.
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    /// The text parsed but describes an unusable balancer.
+    Invalid {
+        path: PathBuf,
+        /// Where the offending value starts, when it can be located.
+        position: Option<(usize, usize)>,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "{}: cannot read configuration: {source}", path.display())
+            }
+            ConfigError::Syntax {
+                path,
+                line,
+                col,
+                message,
+            } => write!(f, "{}:{line}:{col}: {message}", path.display()),
+            ConfigError::Invalid {
+                path,
+                position: Some((line, col)),
+                message,
+            } => write!(f, "{}:{line}:{col}: {message}", path.display()),
+            ConfigError::Invalid {
+                path,
+                position: None,
+                message,
+            } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Addr,
+    algorithm: Algorithm,
+    backends: Vec<RawBackend>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    addr: Addr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<HumanDuration>,
+    grace: Option<HumanDuration>,
+}
+
+/// A socket address, with an error message that shows the expected form.
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim().parse().map(Addr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid address {text:?}: expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\""
+            ))
+        })
+    }
+}
+
+/// A duration written for humans: `"250ms"`, `"2s"`, `"5m"`, `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(HumanDuration).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: expected a whole number followed by ms, s, m or h, such as \"500ms\" or \"2s\""
+            ))
+        })
+    }
+}
+
+/// Parses `"250ms"`, `"2s"`, `"5m"` or `"1h"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let millis_per_unit = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(millis_per_unit).map(Duration::from_millis)
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration `text`; `path` is used in error messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let ron_options = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+        let raw: RawConfig = ron_options
+            .from_str(text)
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line: e.span.start.line,
+                col: e.span.start.col,
+                message: describe_ron_error(&e.code),
+            })?;
+        let invalid = |position, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            position,
+            message,
+        };
+
+        if raw.backends.is_empty() {
+            return Err(invalid(
+                locate(text, "backends", 0),
+                "no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")"
+                    .into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut backends = Vec::with_capacity(raw.backends.len());
+        for b in raw.backends {
+            if b.name.trim().is_empty() {
+                return Err(invalid(
+                    None,
+                    format!("backend {} has an empty name", b.addr.0),
+                ));
+            }
+            if !seen.insert(b.name.clone()) {
+                let quoted = format!("\"{}\"", b.name);
+                return Err(invalid(
+                    locate(text, &quoted, 1),
+                    format!("duplicate backend name {quoted}: names must be unique"),
+                ));
+            }
+            if b.weight > MAX_WEIGHT {
+                return Err(invalid(
+                    None,
+                    format!(
+                        "backend \"{}\" has weight {}: expected 0 (drained) to {MAX_WEIGHT}",
+                        b.name, b.weight
+                    ),
+                ));
+            }
+            backends.push(BackendConfig {
+                name: b.name,
+                addr: b.addr.0,
+                weight: b.weight,
+            });
+        }
+        if backends.iter().all(|b| b.weight == 0) {
+            return Err(invalid(
+                None,
+                "every backend has weight 0 (drained): no backend can receive traffic".into(),
+            ));
+        }
+        if raw.algorithm == Algorithm::WorkloadSensitive {
+            return Err(invalid(
+                locate(text, "WorkloadSensitive", 0),
+                "algorithm WorkloadSensitive is not available yet; use RoundRobin, WeightedRoundRobin or LeastConnections".into(),
+            ));
+        }
+
+        let defaults = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: raw.timeouts.connect.map_or(defaults.connect, |d| d.0),
+            grace: raw.timeouts.grace.map_or(defaults.grace, |d| d.0),
+        };
+        if timeouts.connect.is_zero() {
+            return Err(invalid(
+                locate(text, "connect", 0),
+                "timeouts.connect must be greater than zero".into(),
+            ));
+        }
+        Ok(Config {
+            listen: raw.listen.0,
+            algorithm: raw.algorithm,
+            backends,
+            timeouts,
+        })
+    }
+
+    /// A one-screen human summary, printed by `ballast --check`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "listen     {}\nalgorithm  {}\nbackends   {}\n",
+            self.listen,
+            self.algorithm,
+            self.backends.len()
+        );
+        let width = self
+            .backends
+            .iter()
+            .map(|b| b.name.len())
+            .max()
+            .unwrap_or(0);
+        for b in &self.backends {
+            let note = if b.weight == 0 { "  (drained)" } else { "" };
+            out.push_str(&format!(
+                "  {:width$}  {}  weight {}{note}\n",
+                b.name, b.addr, b.weight
+            ));
+        }
+        out.push_str(&format!(
+            "timeouts   connect {:?}, grace {:?}\n",
+            self.timeouts.connect, self.timeouts.grace
+        ));
+        out
+    }
+}
+
+/// Rewrites ron's messages where they speak of Rust types rather than the file.
+fn describe_ron_error(code: &ron::Error) -> String {
+    match code {
+        ron::Error::NoSuchEnumVariant {
+            expected, found, ..
+        } => format!(
+            "unknown algorithm `{found}`: expected one of {}",
+            expected.join(", ")
+        ),
+        ron::Error::NoSuchStructField {
+            expected, found, ..
+        } => format!(
+            "unknown field `{found}`: expected one of {}",
+            expected.join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Finds the `nth` (0-based) occurrence of `needle` in `text` as a 1-based (line, column).
+fn locate(text: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
+    let offset = text.match_indices(needle).nth(nth)?.0;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.ron"))
+    }
+
+    const GOOD: &str = r#"(
+    listen: "127.0.0.1:8080",
+    algorithm: WeightedRoundRobin,
+    backends: [
+        (name: "vm4", addr: "127.0.0.1:8081", weight: 3),
+        (name: "vm5", addr: "127.0.0.1:8082", weight: 5),
+        (name: "vm6", addr: "127.0.0.1:8083"),
+    ],
+)"#;
+
+    #[test]
+    fn parses_the_documented_format_with_default_weight() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.algorithm, Algorithm::WeightedRoundRobin);
+        let weights: Vec<u32> = c.backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, vec![3, 5, 1]);
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn timeouts_section_is_optional_and_parsed() {
+        let text = GOOD.replace(
+            "backends:",
+            "timeouts: (connect: \"250ms\", grace: \"1m\"),\n    backends:",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let text = GOOD.replace("weight: 3)", "weight: 3");
+        let e = parse(&text).expect_err("invalid");
+        let ConfigError::Syntax { line, .. } = e else {
+            panic!("expected a syntax error, got {e:?}")
+        };
+        assert_eq!(line, 6);
+        assert!(e.to_string().starts_with("test.ron:6:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_valid_names() {
+        let e = parse(&GOOD.replace("WeightedRoundRobin", "Random")).expect_err("invalid");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.ron:3:"), "{msg}");
+        for name in [
+            "RoundRobin",
+            "WeightedRoundRobin",
+            "LeastConnections",
+            "WorkloadSensitive",
+        ] {
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight"
+        );
+    }
+
+    #[test]
+    fn bad_address_is_rejected_with_position() {
+        let e = parse(&GOOD.replace("127.0.0.1:8082", "127.0.0.1:99999")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:6:30: invalid address \"127.0.0.1:99999\": expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\""
+        );
+    }
+
+    #[test]
+    fn no_backends_is_rejected() {
+        let text = r#"(listen: "127.0.0.1:1", algorithm: RoundRobin, backends: [])"#;
+        let e = parse(text).expect_err("invalid");
+        assert!(e.to_string().contains("no backends"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_second() {
+        let e = parse(&GOOD.replace("\"vm5\"", "\"vm4\"")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:6:16: duplicate backend name \"vm4\": names must be unique"
+        );
+    }
+
+    #[test]
+    fn all_drained_is_rejected() {
+        let text = r#"(listen: "127.0.0.1:1", algorithm: RoundRobin,
+            backends: [(name: "a", addr: "127.0.0.1:2", weight: 0)])"#;
+        let e = parse(text).expect_err("invalid");
+        assert!(
+            e.to_string().contains("no backend can receive traffic"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn weight_above_max_is_rejected() {
+        let e = parse(&GOOD.replace("weight: 5", "weight: 257")).expect_err("invalid");
+        assert!(e.to_string().contains("expected 0 (drained) to 256"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let text = GOOD.replace("backends:", "timeouts: (connect: \"soon\"),\n    backends:");
+        let e = parse(&text).expect_err("invalid");
+        assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+}
