@@ -1,1 +1,464 @@
-//! TODO
+//! The demo backend served by the `ballast-backend` binary.
+//!
+//! Two endpoints: `/` greets the visitor and says which backend answered (so a browser shows
+//! the balancer at work), and `/load` reports CPU utilisation as a bare percentage for the
+//! load-aware selection policy to poll.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::{self, Limits, Request, Response};
+
+/// Where `/load` gets its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Whole-system CPU utilisation.
+    System,
+    /// This process's CPU use as a share of all CPUs, so it is comparable to `System`.
+    Process,
+    /// The trimmed contents of a file, re-read on every request: lets tests and demos set
+    /// the load by hand.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Backend identity shown on the page (`This is from {id}`).
+    pub id: String,
+    /// Who to greet (`Hello {name}!`).
+    pub name: String,
+    pub load: LoadSource,
+    /// Close the connection after this many responses, like nginx `keepalive_requests`.
+    /// With 1, every browser refresh opens a new connection and so meets the balancer again.
+    pub max_requests_per_connection: Option<u64>,
+    /// CPU time burnt before each `GET /`, to make a backend's load climb under a benchmark.
+    pub burn: Duration,
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+/// Both endpoints are read-only.
+const ALLOW: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
+/// How long a closing connection keeps draining input so its last response is not lost to
+/// an RST.
+const LINGER: Duration = Duration::from_secs(2);
+/// How often the CPU sampler takes a reading; sysinfo needs at least
+/// `MINIMUM_CPU_UPDATE_INTERVAL` between samples for a meaningful difference.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// After a failed `accept` (typically EMFILE), wait before retrying instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves the demo until `shutdown` completes, one task per connection.
+///
+/// Accept errors are logged and retried (they are usually transient, such as running out of
+/// file descriptors), so this returns `Ok` once shutdown is requested. Connections already
+/// being served are not waited for.
+pub async fn serve(
+    listener: TcpListener,
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let host = hostname();
+    info!(
+        "demo backend {} on {} (host {host}, load from {:?})",
+        opts.id,
+        listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string()),
+        opts.load
+    );
+    let ctx = Arc::new(Ctx {
+        page: render_page(&opts.name, &host, &opts.id).into_bytes(),
+        load: LoadMeter::start(&opts.load),
+        max_requests: opts.max_requests_per_connection,
+        burn: opts.burn,
+        limits: Limits::default(),
+    });
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("demo backend {} stops accepting", opts.id);
+                return Ok(());
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(stream, &ctx).await {
+                            debug!("connection from {peer}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+struct Ctx {
+    page: Vec<u8>,
+    load: LoadMeter,
+    max_requests: Option<u64>,
+    burn: Duration,
+    limits: Limits,
+}
+
+async fn serve_connection(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
+    // Each response is a single write, but pipelined responses would otherwise wait for the
+    // peer's delayed ACK.
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.split();
+    let mut rd = BufReader::new(rd);
+    let mut served: u64 = 0;
+    loop {
+        let request = match http::read_request(&mut rd, &ctx.limits).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if let Some(status) = e.status() {
+                    let body = format!("{}\n", http::reason_phrase(status).to_ascii_lowercase());
+                    http::write_response(&mut wr, status, PLAIN, body.as_bytes(), false).await?;
+                    wr.shutdown().await?;
+                    http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
+                }
+                return Err(io::Error::other(e));
+            }
+        };
+        served += 1;
+        let keep_alive =
+            request.wants_keep_alive() && ctx.max_requests.is_none_or(|max| served < max);
+        let reply = respond(&request, ctx).await;
+        Response {
+            status: reply.status,
+            content_type: reply.content_type,
+            body: &reply.body,
+            extra_headers: if reply.status == 405 { ALLOW } else { &[] },
+            keep_alive,
+            head_only: request.method == "HEAD",
+        }
+        .write_to(&mut wr)
+        .await?;
+        if !keep_alive {
+            wr.shutdown().await?;
+            http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
+            return Ok(());
+        }
+    }
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn plain(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type: PLAIN,
+            body: body.into(),
+        }
+    }
+}
+
+async fn respond(request: &Request, ctx: &Ctx) -> Reply {
+    let readable = matches!(request.method.as_str(), "GET" | "HEAD");
+    match request.path() {
+        "/" if readable => {
+            if request.method == "GET" && !ctx.burn.is_zero() {
+                burn(ctx.burn).await;
+            }
+            Reply {
+                status: 200,
+                content_type: HTML,
+                body: ctx.page.clone(),
+            }
+        }
+        "/load" if readable => match ctx.load.read().await {
+            Some(load) => Reply::plain(200, load),
+            None => Reply::plain(503, "load unavailable\n"),
+        },
+        "/" | "/load" => Reply::plain(405, "method not allowed\n"),
+        _ => Reply::plain(404, "not found\n"),
+    }
+}
+
+/// Busy-loops on the blocking pool so the async workers stay free to answer `/load` while
+/// the CPU is being burnt.
+async fn burn(duration: Duration) {
+    let spin = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    });
+    if let Err(e) = spin.await {
+        warn!("burn task failed: {e}");
+    }
+}
+
+enum LoadMeter {
+    /// Latest reading of a background sampler, as `f32` bits.
+    Sampled(Arc<AtomicU32>),
+    File(PathBuf),
+    Unavailable,
+}
+
+impl LoadMeter {
+    fn start(source: &LoadSource) -> LoadMeter {
+        let (target, process) = match source {
+            LoadSource::File(path) => return LoadMeter::File(path.clone()),
+            LoadSource::System => (None, false),
+            LoadSource::Process => (sysinfo::get_current_pid().ok(), true),
+        };
+        if process && target.is_none() {
+            warn!("cannot find our own pid; /load will answer 503");
+            return LoadMeter::Unavailable;
+        }
+        let sys = match sysinfo::System::new() {
+            Ok(sys) => sys,
+            Err(e) => {
+                warn!("cannot read CPU statistics ({e}); /load will answer 503");
+                return LoadMeter::Unavailable;
+            }
+        };
+        let latest = Arc::new(AtomicU32::new(0f32.to_bits()));
+        let weak = Arc::downgrade(&latest);
+        let spawned = std::thread::Builder::new()
+            .name("load-sampler".into())
+            .spawn(move || sample_forever(sys, target, &weak));
+        match spawned {
+            Ok(_) => LoadMeter::Sampled(latest),
+            Err(e) => {
+                warn!("cannot start the load sampler ({e}); /load will answer 503");
+                LoadMeter::Unavailable
+            }
+        }
+    }
+
+    /// The load as the `/load` body, or `None` when it cannot be known (→ 503).
+    async fn read(&self) -> Option<String> {
+        match self {
+            LoadMeter::Sampled(latest) => {
+                Some(format_load(f32::from_bits(latest.load(Ordering::Relaxed))))
+            }
+            LoadMeter::File(path) => match tokio::fs::read_to_string(path).await {
+                Ok(text) => Some(text.trim().to_string()),
+                Err(e) => {
+                    debug!("cannot read load file {}: {e}", path.display());
+                    None
+                }
+            },
+            LoadMeter::Unavailable => None,
+        }
+    }
+}
+
+/// Runs on a plain thread rather than the blocking pool because it never finishes on its
+/// own, and the runtime waits for blocking-pool tasks when it shuts down. It stops once the
+/// server has dropped the shared value.
+fn sample_forever(
+    mut sys: sysinfo::System,
+    process: Option<sysinfo::Pid>,
+    latest: &Weak<AtomicU32>,
+) {
+    loop {
+        // The first refresh only sets the baseline; usage is the difference to the next one.
+        let percent = match process {
+            None => {
+                sys.refresh_cpu_usage();
+                sys.global_cpu_usage()
+            }
+            Some(pid) => {
+                sys.refresh_processes_specifics(
+                    sysinfo::ProcessesToUpdate::Some(&[pid]),
+                    true,
+                    sysinfo::ProcessRefreshKind::nothing().with_cpu(),
+                );
+                // sysinfo counts 100 % per CPU; dividing by the CPU count makes it a share
+                // of the machine like the system figure.
+                let cpus = sys.cpus().len().max(1) as f32;
+                sys.process(pid).map_or(0.0, |p| p.cpu_usage() / cpus)
+            }
+        };
+        let Some(latest) = latest.upgrade() else {
+            return;
+        };
+        latest.store(clamp_percent(percent).to_bits(), Ordering::Relaxed);
+        drop(latest);
+        std::thread::sleep(SAMPLE_EVERY.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL));
+    }
+}
+
+fn clamp_percent(p: f32) -> f32 {
+    if p.is_finite() {
+        p.clamp(0.0, 100.0)
+    } else {
+        0.0
+    }
+}
+
+/// One decimal, always within 0–100.
+fn format_load(p: f32) -> String {
+    format!("{:.1}", clamp_percent(p))
+}
+
+/// The machine's name for the page; never fails, since a missing name is no reason to refuse
+/// to serve.
+fn hostname() -> String {
+    sysinfo::System::host_name()
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The greeting page. The `data:,` icon stops browsers from requesting `/favicon.ico`, which
+/// would otherwise be a second request per page view landing on some other backend.
+fn render_page(name: &str, host: &str, id: &str) -> String {
+    format!(
+        "<!doctype html>\n\
+         <html><head><meta charset=\"utf-8\"><title>ballast demo</title>\
+         <link rel=\"icon\" href=\"data:,\"></head>\n\
+         <body><h1>Hello {}!</h1>\n<p>Host: {}</p>\n<p>This is from {}</p></body></html>\n",
+        html_escape(name),
+        html_escape(host),
+        html_escape(id)
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(
+            html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(html_escape("plain"), "plain");
+    }
+
+    #[test]
+    fn page_has_greeting_host_id_and_no_favicon() {
+        let page = render_page("Ann", "box<1>", "VM4");
+        assert!(page.contains("Hello Ann!"), "{page}");
+        assert!(page.contains("box&lt;1&gt;"), "{page}");
+        assert!(page.contains("This is from VM4"), "{page}");
+        assert!(
+            page.contains(r#"<link rel="icon" href="data:,">"#),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn load_is_formatted_with_one_decimal_and_clamped() {
+        assert_eq!(format_load(12.46), "12.5");
+        assert_eq!(format_load(0.0), "0.0");
+        assert_eq!(format_load(-3.0), "0.0");
+        assert_eq!(format_load(250.0), "100.0");
+        assert_eq!(format_load(f32::NAN), "0.0");
+        assert_eq!(format_load(f32::INFINITY), "0.0");
+    }
+
+    #[test]
+    fn hostname_is_never_empty() {
+        assert!(!hostname().is_empty());
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("response within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serves_in_process_and_stops_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let opts = DemoOptions {
+            id: "t1".into(),
+            name: "world".into(),
+            load: LoadSource::System,
+            max_requests_per_connection: None,
+            burn: Duration::ZERO,
+        };
+        let server = tokio::spawn(serve(listener, opts, async {
+            let _ = stopped.await;
+        }));
+
+        let head = exchange(addr, b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "HEAD must carry no body: {head}"
+        );
+        assert!(!head.contains("Content-Length: 0\r\n"), "{head}");
+
+        let post = exchange(
+            addr,
+            b"POST /load HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
+
+        let te = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(te.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{te}");
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

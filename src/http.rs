@@ -24,7 +24,9 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 
 /// Resource bounds applied while reading one request.
 #[derive(Debug, Clone)]
@@ -190,8 +192,7 @@ pub async fn read_request(
     reader: &mut (impl AsyncBufRead + Unpin),
     limits: &Limits,
 ) -> Result<Option<Request>, HttpError> {
-    match tokio::time::timeout(limits.request_timeout, read_request_untimed(reader, limits)).await
-    {
+    match tokio::time::timeout(limits.request_timeout, read_request_untimed(reader, limits)).await {
         Ok(result) => result,
         Err(_) => Err(HttpError::Timeout),
     }
@@ -229,8 +230,8 @@ async fn read_request_untimed(
     };
     let body_len = body_length(&request, limits)?;
     if body_len > 0 {
-        let copied = tokio::io::copy(&mut (&mut *reader).take(body_len), &mut tokio::io::sink())
-            .await?;
+        let copied =
+            tokio::io::copy(&mut (&mut *reader).take(body_len), &mut tokio::io::sink()).await?;
         if copied < body_len {
             return Err(HttpError::UnexpectedEof);
         }
@@ -278,7 +279,9 @@ fn parse_request_line(line: &[u8]) -> Result<(String, String, Version), HttpErro
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(HttpError::BadRequest("request line is not METHOD SP TARGET SP VERSION"));
+        return Err(HttpError::BadRequest(
+            "request line is not METHOD SP TARGET SP VERSION",
+        ));
     };
     if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
         return Err(HttpError::BadRequest("invalid method"));
@@ -320,10 +323,7 @@ fn parse_header(line: &[u8]) -> Result<(String, String), HttpError> {
         return Err(HttpError::BadRequest("invalid header name"));
     }
     let value = trim_ows(value);
-    if value
-        .iter()
-        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(HttpError::BadRequest("control character in header value"));
     }
     // obs-text (bytes ≥ 0x80) is legal in values; lossy decoding keeps them harmless.
@@ -468,10 +468,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// Call it after shutting down the write half when the server decides to close: closing a
 /// socket that still has unread input makes the kernel send RST, and an RST can destroy the
 /// response (say, the 431) before the client has read it.
-pub async fn discard_input(reader: &mut (impl AsyncRead + Unpin), max_bytes: u64, timeout: Duration) {
-    let drain = tokio::io::copy(&mut (&mut *reader).take(max_bytes), &mut tokio::io::sink());
+pub async fn discard_input(
+    reader: &mut (impl AsyncRead + Unpin),
+    max_bytes: u64,
+    timeout: Duration,
+) {
+    let mut limited = (&mut *reader).take(max_bytes);
+    let mut sink = tokio::io::sink();
     // Any outcome is fine: the point is only to delay the close a little.
-    let _ = tokio::time::timeout(timeout, drain).await;
+    let _ = tokio::time::timeout(timeout, tokio::io::copy(&mut limited, &mut sink)).await;
 }
 
 #[cfg(test)]
@@ -528,7 +533,8 @@ mod tests {
 
     #[tokio::test]
     async fn header_lookup_is_case_insensitive_and_trims_whitespace() {
-        let r = parse_ok(b"GET / HTTP/1.1\r\ncOnTeNt-TyPe: \t text/plain \t\r\nX-Empty:\r\n\r\n").await;
+        let r =
+            parse_ok(b"GET / HTTP/1.1\r\ncOnTeNt-TyPe: \t text/plain \t\r\nX-Empty:\r\n\r\n").await;
         assert_eq!(r.header("Content-Type"), Some("text/plain"));
         assert_eq!(r.header("CONTENT-TYPE"), Some("text/plain"));
         assert_eq!(r.header("x-empty"), Some(""));
@@ -548,15 +554,26 @@ mod tests {
         let cases: &[(&[u8], bool)] = &[
             (b"GET / HTTP/1.1\r\n\r\n", true),
             (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nconnection: Upgrade, CLOSE\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nconnection: Upgrade, CLOSE\r\n\r\n",
+                false,
+            ),
             (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
-            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+                false,
+            ),
         ];
         for (input, expected) in cases {
             let r = parse_ok(input).await;
-            assert_eq!(r.wants_keep_alive(), *expected, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                r.wants_keep_alive(),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -693,7 +710,8 @@ mod tests {
                 .await,
             Some(501)
         );
-        let ok = parse_ok(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab").await;
+        let ok =
+            parse_ok(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab").await;
         assert_eq!(ok.method, "POST");
     }
 
@@ -705,7 +723,10 @@ mod tests {
 
     #[tokio::test]
     async fn binary_garbage_is_rejected() {
-        assert_eq!(status_of(b"\x00\xff\xfe\x16\x03\x01\r\n\r\n").await, Some(400));
+        assert_eq!(
+            status_of(b"\x00\xff\xfe\x16\x03\x01\r\n\r\n").await,
+            Some(400)
+        );
         // A TLS ClientHello sent to the plain-text port.
         let r = parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").await;
         assert!(r.is_err(), "{r:?}");
@@ -716,7 +737,8 @@ mod tests {
     /// Pseudo-random inputs and mutations of a valid request must never panic.
     #[tokio::test]
     async fn never_panics_on_random_input() {
-        let valid = b"POST /x?y HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+        let valid =
+            b"POST /x?y HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             state ^= state << 13;

@@ -243,9 +243,11 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, snapshot: Arc<Sna
             }
         }
     };
-    let backend = guard.backend();
+    let backend = Arc::clone(guard.backend());
     backend.stats.total.fetch_add(1, Ordering::Relaxed);
     let end = relay::relay(client, upstream).await;
+    // Released before the log line, so whoever reads the log sees the count already down.
+    drop(guard);
     let (moved, outcome) = match &end {
         RelayEnd::Closed(moved) => (*moved, "closed".to_string()),
         RelayEnd::Failed(moved, e) => (*moved, format!("error: {e}")),

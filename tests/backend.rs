@@ -1,0 +1,499 @@
+//! End-to-end tests of the `ballast-backend` binary: spawn it, wait for its readiness line,
+//! and speak raw HTTP/1.1 to it.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ballast-backend");
+/// Upper bound for anything the backend should do promptly; only reached when a test fails.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running backend, killed on drop so a failed assertion cannot leak the process.
+struct Backend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend {
+    fn start(args: &[&str]) -> Backend {
+        Backend::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Backend {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env_remove("NAME")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ballast-backend");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Build the guard before waiting, so the child dies even if readiness never comes.
+        let mut backend = Backend {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let line = read_line_with_timeout(stdout);
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        backend.addr = addr;
+        backend
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect to backend");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        s
+    }
+
+    /// One request on a fresh connection.
+    fn get(&self, path: &str) -> Reply {
+        let mut s = self.connect();
+        send(&mut s, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        read_reply(&mut s)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    #[cfg(unix)]
+    fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        wait_with_timeout(&mut self.child).expect("backend exits after SIGTERM")
+    }
+}
+
+fn read_line_with_timeout(stdout: impl Read + Send + 'static) -> String {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = tx.send(result);
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => panic!("reading the readiness line: {e}"),
+        Err(_) => panic!("no readiness line within {TIMEOUT:?}"),
+    }
+}
+
+/// Polls for exit against a deadline; `None` if the child is still running at the deadline.
+fn wait_with_timeout(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn send(s: &mut TcpStream, request: &str) {
+    s.write_all(request.as_bytes()).expect("send request");
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads exactly one response (head plus `Content-Length` body), leaving the connection
+/// positioned at the next one.
+fn read_reply(s: &mut TcpStream) -> Reply {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => panic!(
+                "EOF inside a response head: {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => panic!("reading a response head: {e}"),
+        }
+    }
+    let head = String::from_utf8(head).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header with colon");
+            (n.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("Content-Length");
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("read body");
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+/// The server must have closed its side: the next read is EOF (not a timeout).
+fn assert_eof(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("expected EOF, got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("expected EOF, got {e}"),
+    }
+}
+
+fn temp_file(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "ballast-backend-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Removes the file on drop, so a failing test leaves nothing behind.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn root_page_greets_world_and_names_backend() {
+    let b = Backend::start(&["--id", "VM4"]);
+    let r = b.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body.contains("Hello world!"), "{}", r.body);
+    assert!(r.body.contains("This is from VM4"), "{}", r.body);
+    assert!(
+        r.body.contains(r#"<link rel="icon" href="data:,">"#),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn root_page_greets_name_from_env() {
+    let b = Backend::start_with_env(&["--id", "VM4"], &[("NAME", "Ann")]);
+    let r = b.get("/");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Hello Ann!"), "{}", r.body);
+    assert!(r.body.contains("This is from VM4"), "{}", r.body);
+}
+
+#[test]
+fn default_id_is_derived_from_port() {
+    let b = Backend::start(&[]);
+    let r = b.get("/");
+    let expected = format!("This is from backend-{}", b.addr.port());
+    assert!(r.body.contains(&expected), "{}", r.body);
+}
+
+fn assert_percentage(body: &str) {
+    let value: f64 = body
+        .parse()
+        .unwrap_or_else(|_| panic!("/load body {body:?} is not a number"));
+    assert!((0.0..=100.0).contains(&value), "{value} out of range");
+    let (_, decimals) = body.split_once('.').expect("one decimal");
+    assert_eq!(decimals.len(), 1, "{body:?}");
+}
+
+#[test]
+fn load_reports_system_percentage() {
+    let b = Backend::start(&[]);
+    let r = b.get("/load");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_percentage(&r.body);
+}
+
+#[test]
+fn load_reports_process_percentage() {
+    let b = Backend::start(&["--load", "process"]);
+    let r = b.get("/load");
+    assert_eq!(r.status, 200);
+    assert_percentage(&r.body);
+}
+
+#[test]
+fn load_file_is_served_verbatim_and_followed() {
+    let file = TempFile(temp_file("load"));
+    std::fs::write(&file.0, "42.5\n").unwrap();
+    let path = file.0.to_str().expect("UTF-8 temp path");
+    let b = Backend::start(&["--load-file", path, "--load", "system"]);
+
+    let r = b.get("/load");
+    assert_eq!((r.status, r.body.as_str()), (200, "42.5"));
+
+    std::fs::write(&file.0, "  7 \n").unwrap();
+    let r = b.get("/load");
+    assert_eq!((r.status, r.body.as_str()), (200, "7"));
+
+    std::fs::remove_file(&file.0).unwrap();
+    let r = b.get("/load");
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn unknown_path_is_404() {
+    let b = Backend::start(&[]);
+    let r = b.get("/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body.trim(), "not found");
+}
+
+#[test]
+fn other_methods_are_405_and_head_has_no_body() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    send(&mut s, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    // On the same connection: HEAD carries the GET's length but no body, so what follows
+    // must be the next response's status line.
+    send(
+        &mut s,
+        "HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("read HEAD reply"), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(!head.contains("Content-Length: 0\r\n"), "{head}");
+    assert_eq!(read_reply(&mut s).status, 404);
+}
+
+#[test]
+fn malformed_request_line_is_400_and_closed() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    send(&mut s, "GARBAGE\r\n\r\n");
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn keep_alive_serves_two_requests_on_one_connection() {
+    let b = Backend::start(&["--id", "VM4"]);
+    let mut s = b.connect();
+    send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let first = read_reply(&mut s);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    send(&mut s, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    let second = read_reply(&mut s);
+    assert_eq!(second.status, 404);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    send(
+        &mut s,
+        "GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(read_reply(&mut s).status, 404);
+    assert_eq!(read_reply(&mut s).status, 200);
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    send(
+        &mut s,
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn http10_closes_by_default() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    send(&mut s, "GET / HTTP/1.0\r\n\r\n");
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn max_requests_1_closes_after_first_response() {
+    let b = Backend::start(&["--max-requests", "1"]);
+    let mut s = b.connect();
+    send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn max_requests_2_closes_after_second_response() {
+    let b = Backend::start(&["--max-requests", "2"]);
+    let mut s = b.connect();
+    send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_reply(&mut s).header("connection"), Some("keep-alive"));
+    send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_reply(&mut s).header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn oversize_header_is_431() {
+    let b = Backend::start(&[]);
+    let mut s = b.connect();
+    let big = "a".repeat(10 * 1024);
+    send(
+        &mut s,
+        &format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n"),
+    );
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+}
+
+#[test]
+fn burn_still_answers() {
+    let b = Backend::start(&["--burn-ms", "50"]);
+    let started = Instant::now();
+    let r = b.get("/");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_exits_zero() {
+    let mut b = Backend::start(&[]);
+    assert_eq!(b.get("/").status, 200);
+    let status = b.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Runs the binary to completion with `args`, returning (exit code, stdout, stderr).
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ballast-backend");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    // Dropping the guard kills the child if it does not exit by itself.
+    let mut guard = Backend {
+        child,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        rx
+    };
+    let out = read_all(Box::new(stdout));
+    let err = read_all(Box::new(stderr));
+    let status = wait_with_timeout(&mut guard.child).expect("backend exits by itself");
+    let out = out.recv_timeout(TIMEOUT).expect("stdout closed");
+    let err = err.recv_timeout(TIMEOUT).expect("stderr closed");
+    (status.code(), out, err)
+}
+
+#[test]
+fn bad_cli_argument_exits_2_with_message() {
+    let (code, out, err) = run_to_exit(&["--listen", "127.0.0.1:0", "--bogus"]);
+    assert_eq!(code, Some(2));
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("--bogus"), "{err}");
+    assert!(err.contains("Usage:"), "{err}");
+
+    let (code, _, err) = run_to_exit(&["--listen", "not-an-address"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not-an-address"), "{err}");
+
+    let (code, _, err) = run_to_exit(&[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let (code, out, _) = run_to_exit(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("--load-file"), "{out}");
+
+    let (code, out, _) = run_to_exit(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        format!("ballast-backend {}", env!("CARGO_PKG_VERSION"))
+    );
+}

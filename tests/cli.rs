@@ -1,0 +1,166 @@
+//! The `ballast` command line as scripts and users meet it: `--check`, `--help`,
+//! `--version`, and every bad configuration giving a non-zero exit with a message that
+//! names the file, the position and what was expected.
+
+mod common;
+
+use common::{TempDir, run_ballast};
+
+const VALID: &str = r#"(
+    listen: "127.0.0.1:8080",
+    algorithm: WeightedRoundRobin,
+    backends: [
+        (name: "vm4", addr: "127.0.0.1:8081", weight: 3),
+        (name: "vm5", addr: "127.0.0.1:8082", weight: 5),
+        (name: "spare", addr: "127.0.0.1:8083", weight: 0),
+    ],
+)
+"#;
+
+/// Runs `ballast --check --config <file with text>`; returns (exit code, stdout, stderr, path).
+fn check(text: &str) -> (i32, String, String, String) {
+    let dir = TempDir::new();
+    let path = dir.write("balancer.ron", text);
+    let path = path.to_string_lossy().into_owned();
+    let (code, out, err) = run_ballast(&["--check", "--config", &path]);
+    (code, out, err, path)
+}
+
+/// Runs the balancer itself (not --check) on `text`; it must refuse to start.
+fn start(text: &str) -> (i32, String, String) {
+    let dir = TempDir::new();
+    let path = dir.write("balancer.ron", text);
+    let (code, _, err) = run_ballast(&["-c", &path.to_string_lossy()]);
+    (code, err, path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn check_accepts_a_valid_file_and_prints_a_summary() {
+    let (code, out, err, path) = check(VALID);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("{path}: configuration is valid\n")),
+        "{out}"
+    );
+    assert!(out.contains("listen     127.0.0.1:8080"), "{out}");
+    assert!(out.contains("algorithm  WeightedRoundRobin"), "{out}");
+    assert!(out.contains("vm4    127.0.0.1:8081  weight 3\n"), "{out}");
+    assert!(out.contains("vm5    127.0.0.1:8082  weight 5\n"), "{out}");
+    assert!(
+        out.contains("spare  127.0.0.1:8083  weight 0  (drained)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_validates_the_shipped_sample() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/balancer.ron");
+    let (code, out, err) = run_ballast(&["--check", "--config", sample]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vm4") && out.contains("vm5"), "{out}");
+}
+
+/// Asserts that both `--check` and a real start reject `text` with exit code 1 and
+/// `ballast: <path><suffix>` on stderr.
+fn assert_rejected(text: &str, suffix: &str) {
+    let (code, out, err, path) = check(text);
+    assert_eq!(code, 1, "--check should fail; stdout: {out}");
+    assert_eq!(err.trim_end(), format!("ballast: {path}{suffix}"));
+    let (code, err, path) = start(text);
+    assert_eq!(code, 1, "start should fail");
+    assert_eq!(err.trim_end(), format!("ballast: {path}{suffix}"));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let (code, _, err) = run_ballast(&["--config", "/nonexistent/ballast.ron"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        "ballast: /nonexistent/ballast.ron: cannot read configuration: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn syntax_error_gives_line_column_and_expectation() {
+    let text = VALID.replace("weight: 3),", "weight: 3");
+    let (code, _, err, path) = check(&text);
+    assert_eq!(code, 1);
+    assert!(err.starts_with(&format!("ballast: {path}:6:")), "{err}");
+    assert!(err.to_lowercase().contains("expected"), "{err}");
+}
+
+#[test]
+fn unknown_algorithm_lists_the_valid_names() {
+    assert_rejected(
+        &VALID.replace("WeightedRoundRobin", "Fastest"),
+        ":3:16: unknown algorithm `Fastest`: expected one of RoundRobin, WeightedRoundRobin, LeastConnections, WorkloadSensitive",
+    );
+}
+
+#[test]
+fn no_backends() {
+    assert_rejected(
+        r#"(listen: "127.0.0.1:8080", algorithm: RoundRobin, backends: [])"#,
+        ":1:51: no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")",
+    );
+}
+
+#[test]
+fn unparsable_address() {
+    assert_rejected(
+        &VALID.replace("127.0.0.1:8082", "localhost"),
+        ":6:30: invalid address \"localhost\": expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\"",
+    );
+}
+
+#[test]
+fn duplicate_backend_names() {
+    assert_rejected(
+        &VALID.replace("\"spare\"", "\"vm4\""),
+        ":7:16: duplicate backend name \"vm4\": names must be unique",
+    );
+}
+
+#[test]
+fn no_backend_can_receive_traffic() {
+    let text = VALID
+        .replace("weight: 3", "weight: 0")
+        .replace("weight: 5", "weight: 0");
+    assert_rejected(
+        &text,
+        ": every backend has weight 0 (drained): no backend can receive traffic",
+    );
+}
+
+#[test]
+fn unknown_field() {
+    assert_rejected(
+        &VALID.replace("listen:", "listen_on:"),
+        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, backends, timeouts",
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    let (code, _, err) = run_ballast(&["--bogus"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("ballast: unknown argument `--bogus`\n"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: ballast"), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, _) = run_ballast(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("Usage: ballast [--config PATH] [--check]"),
+        "{out}"
+    );
+    let (code, out, _) = run_ballast(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("ballast {}\n", env!("CARGO_PKG_VERSION")));
+}

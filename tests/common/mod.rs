@@ -1,0 +1,341 @@
+//! Shared helpers for the integration tests: spawn the real `ballast` and `ballast-backend`
+//! binaries, start loopback test backends, make one connection or one HTTP request.
+//! Every wait here is bounded and waits for a real signal (a readiness line, a log line,
+//! a byte), never for a fixed sleep.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Upper bound for any single wait in a test, so a bug fails the test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const BALLAST: &str = env!("CARGO_BIN_EXE_ballast");
+pub const BACKEND: &str = env!("CARGO_BIN_EXE_ballast-backend");
+
+/// A child process killed (and reaped) when dropped, so a failing assertion leaks nothing.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`) with the system's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit by itself, within `WAIT`.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit in {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Lines a child wrote to one of its streams, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let (store, signal) = &*sink.inner;
+                store.lock().expect("lines lock").push(line);
+                signal.notify_all();
+            }
+        });
+        lines
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.inner.0.lock().expect("lines lock").clone()
+    }
+
+    /// Waits until at least `count` lines satisfy `pred`; returns the first of them.
+    pub fn wait_for(&self, count: usize, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let (store, signal) = &*self.inner;
+        let mut lines = store.lock().expect("lines lock");
+        loop {
+            let matching: Vec<&String> = lines.iter().filter(|l| pred(l)).collect();
+            if matching.len() >= count {
+                return matching[0].clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {count} matching lines; got:\n{}",
+                lines.join("\n")
+            );
+            lines = signal
+                .wait_timeout(lines, deadline - now)
+                .expect("lines lock")
+                .0;
+        }
+    }
+
+    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.snapshot().iter().filter(|l| pred(l)).count()
+    }
+}
+
+/// Parses the address out of a `... listening on ADDR ...` line.
+fn listening_addr(line: &str) -> SocketAddr {
+    let rest = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = rest.split([' ', ',']).next().unwrap_or_default();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("bad address in {line:?}"))
+}
+
+/// A unique scratch directory under the target dir, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ballast-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A configuration with the given algorithm and `(name, addr, weight)` backends, listening on
+/// an ephemeral loopback port.
+pub fn config(algorithm: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(name, addr, weight)| {
+            format!("        (name: \"{name}\", addr: \"{addr}\", weight: {weight}),")
+        })
+        .collect();
+    format!(
+        "(\n    listen: \"127.0.0.1:0\",\n    algorithm: {algorithm},\n    backends: [\n{}\n    ],\n)\n",
+        list.join("\n")
+    )
+}
+
+/// A running `ballast` process with its log.
+pub struct Balancer {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub log: Lines,
+    _dir: TempDir,
+}
+
+impl Balancer {
+    /// Starts `ballast` on `config_text` (debug logging) and waits until it listens.
+    pub fn start(config_text: &str) -> Balancer {
+        let dir = TempDir::new();
+        let path = dir.write("balancer.ron", config_text);
+        let mut child = Command::new(BALLAST)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ballast");
+        let log = Lines::collect(child.stderr.take().expect("stderr"));
+        let proc = Proc { child };
+        let line = log.wait_for(1, |l| l.contains("listening on"));
+        Balancer {
+            proc,
+            addr: listening_addr(&line),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the balancer has logged `count` finished connections to backend `name`.
+    pub fn wait_finished(&self, name: &str, count: usize) {
+        let needle = format!(" -> {name} (");
+        self.log.wait_for(count, |l| l.contains(&needle));
+    }
+}
+
+/// A running `ballast-backend` process.
+pub struct DemoBackend {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl DemoBackend {
+    pub fn start(id: &str, extra: &[&str]) -> DemoBackend {
+        let mut child = Command::new(BACKEND)
+            .args(["--listen", "127.0.0.1:0", "--id", id])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ballast-backend");
+        let out = Lines::collect(child.stdout.take().expect("stdout"));
+        let proc = Proc { child };
+        let line = out.wait_for(1, |l| l.starts_with("listening on"));
+        DemoBackend {
+            proc,
+            addr: listening_addr(&line),
+        }
+    }
+}
+
+/// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
+pub fn run_ballast(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BALLAST)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ballast");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An address on which nothing listens: connecting to it is refused.
+pub fn refusing_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Binds an ephemeral loopback listener.
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// A backend that greets every connection with `name`, then closes once the client has
+/// closed its side.
+pub async fn named_backend(name: &'static str) -> SocketAddr {
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(name.as_bytes()).await.is_ok() && s.shutdown().await.is_ok() {
+                    let mut sink = [0u8; 64];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that echoes everything and closes its side when the client closes its side.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Connects through `addr`, reads everything until EOF and returns it as text.
+pub async fn read_all(addr: SocketAddr) -> String {
+    let mut s = connect(addr).await;
+    let mut out = Vec::new();
+    within(s.read_to_end(&mut out)).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    within(TcpStream::connect(addr)).await.expect("connect")
+}
+
+/// Sends one HTTP/1.1 request with `Connection: close` and returns the whole response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = connect(addr).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    within(s.write_all(request.as_bytes()))
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    within(s.read_to_end(&mut out)).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Awaits `f`, failing the test if it takes longer than `WAIT`.
+pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?}"))
+}
+
+/// Counts how many times each name appears.
+pub fn tally(names: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for n in names {
+        *counts.entry(n.clone()).or_insert(0) += 1;
+    }
+    counts
+}
