@@ -1,30 +1,20 @@
 //! End-to-end tests of the `ballast-backend` binary: spawn it, wait for its readiness line,
 //! and speak raw HTTP/1.1 to it.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ballast-backend");
+mod common;
+
 /// Upper bound for anything the backend should do promptly; only reached when a test fails.
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = common::WAIT;
 
 /// A running backend, killed on drop so a failed assertion cannot leak the process.
-struct Backend {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct Backend(common::DemoBackend);
 
 impl Backend {
     fn start(args: &[&str]) -> Backend {
@@ -32,38 +22,17 @@ impl Backend {
     }
 
     fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Backend {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args)
-            .env_remove("NAME")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn ballast-backend");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Build the guard before waiting, so the child dies even if readiness never comes.
-        let mut backend = Backend {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let line = read_line_with_timeout(stdout);
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.trim_end().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
-        backend.addr = addr;
-        backend
+        Backend(common::DemoBackend::start_with(args, &[], env))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).expect("connect to backend");
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let s = TcpStream::connect(self.addr()).expect("connect to backend");
+        s.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+        s.set_write_timeout(Some(TIMEOUT)).expect("write timeout");
         s
     }
 
@@ -75,42 +44,10 @@ impl Backend {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    #[cfg(unix)]
     fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        wait_with_timeout(&mut self.child).expect("backend exits after SIGTERM")
+        self.0.proc.signal("TERM");
+        self.0.proc.wait_exit()
     }
-}
-
-fn read_line_with_timeout(stdout: impl Read + Send + 'static) -> String {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-        let _ = tx.send(result);
-    });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(Ok(line)) => line,
-        Ok(Err(e)) => panic!("reading the readiness line: {e}"),
-        Err(_) => panic!("no readiness line within {TIMEOUT:?}"),
-    }
-}
-
-/// Polls for exit against a deadline; `None` if the child is still running at the deadline.
-fn wait_with_timeout(child: &mut Child) -> Option<ExitStatus> {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 fn send(s: &mut TcpStream, request: &str) {
@@ -234,7 +171,7 @@ fn root_page_greets_name_from_env() {
 fn default_id_is_derived_from_port() {
     let b = Backend::start(&[]);
     let r = b.get("/");
-    let expected = format!("This is from backend-{}", b.addr.port());
+    let expected = format!("This is from backend-{}", b.addr().port());
     assert!(r.body.contains(&expected), "{}", r.body);
 }
 
@@ -434,37 +371,9 @@ fn sigterm_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Runs the binary to completion with `args`, returning (exit code, stdout, stderr).
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ballast-backend");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    // Dropping the guard kills the child if it does not exit by itself.
-    let mut guard = Backend {
-        child,
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = r.read_to_string(&mut text);
-            let _ = tx.send(text);
-        });
-        rx
-    };
-    let out = read_all(Box::new(stdout));
-    let err = read_all(Box::new(stderr));
-    let status = wait_with_timeout(&mut guard.child).expect("backend exits by itself");
-    let out = out.recv_timeout(TIMEOUT).expect("stdout closed");
-    let err = err.recv_timeout(TIMEOUT).expect("stderr closed");
-    (status.code(), out, err)
+    let (code, out, err) = common::run(common::BACKEND, args);
+    (Some(code), out, err)
 }
 
 #[test]

@@ -33,11 +33,12 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// Sends a signal by name (`TERM`, `INT`, `HUP`) with the system's `kill`.
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`) with the shell's built-in `kill`, which
+    /// every machine has even without procps.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {}", self.child.id()))
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} failed");
@@ -222,9 +223,23 @@ pub struct DemoBackend {
 
 impl DemoBackend {
     pub fn start(id: &str, extra: &[&str]) -> DemoBackend {
-        let mut child = Command::new(BACKEND)
-            .args(["--listen", "127.0.0.1:0", "--id", id])
+        DemoBackend::start_with(&["--id", id], extra, &[])
+    }
+
+    /// Starts `ballast-backend --listen 127.0.0.1:0 ARGS... EXTRA...` with `env` set and
+    /// `NAME` unset unless given, and waits for its readiness line.
+    pub fn start_with(args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> DemoBackend {
+        let mut command = Command::new(BACKEND);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .args(extra)
+            .env_remove("NAME")
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -242,11 +257,17 @@ impl DemoBackend {
 
 /// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
 pub fn run_ballast(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BALLAST)
+    run(BALLAST, args)
+}
+
+/// Runs `program` with `args` to completion (these commands exit at once, so no time limit
+/// beyond the test's own); returns (exit code, or -1 if killed by a signal, stdout, stderr).
+pub fn run(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("run ballast");
+        .expect("run program");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
