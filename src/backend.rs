@@ -75,10 +75,14 @@ mod tests {
 
     #[test]
     fn guard_counts_active_connections() {
+        let addr = "127.0.0.1:1".parse().expect("addr");
         let b = Arc::new(Backend::new(&BackendConfig {
             name: "a".into(),
-            addr: "127.0.0.1:1".parse().expect("addr"),
+            addr,
             weight: 1,
+            check: crate::config::Check::Tcp,
+            load_addr: addr,
+            load_path: "/load".into(),
         }));
         let g1 = b.connect_guard();
         let g2 = b.connect_guard();

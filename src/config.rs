@@ -18,6 +18,8 @@ pub const MAX_WEIGHT: u32 = 256;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time open connections get to finish after a shutdown request.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default path of the load endpoint polled in WorkloadSensitive mode.
+pub const DEFAULT_LOAD_PATH: &str = "/load";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum Algorithm {
@@ -40,6 +42,8 @@ pub struct Config {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
     pub timeouts: Timeouts,
+    pub health: HealthConfig,
+    pub load_poll: LoadPollConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +52,69 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     /// 0 means drained: the backend takes no new connections.
     pub weight: u32,
+    /// How the active health check probes this backend.
+    pub check: Check,
+    /// Where the load agent listens (the backend's own address unless configured).
+    pub load_addr: SocketAddr,
+    /// The path polled for the load percentage.
+    pub load_path: String,
+}
+
+/// An active health check.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub enum Check {
+    /// The backend passes when a TCP connection to it succeeds.
+    Tcp,
+    /// The backend passes when `GET path` answers 2xx.
+    Http(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failed checks that take an up backend out.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        // HAProxy's defaults: inter 2s, rise 2, fall 3.
+        HealthConfig {
+            check: Check::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadPollConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl LoadPollConfig {
+    /// A reading older than this many intervals is stale and no longer used.
+    pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+    pub fn stale_after(&self) -> Duration {
+        self.interval * Self::STALE_AFTER_INTERVALS
+    }
+}
+
+impl Default for LoadPollConfig {
+    fn default() -> Self {
+        LoadPollConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +198,27 @@ struct RawConfig {
     backends: Vec<RawBackend>,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    load_poll: RawLoadPoll,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    check: Option<Check>,
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLoadPoll {
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +228,9 @@ struct RawBackend {
     addr: Addr,
     #[serde(default = "default_weight")]
     weight: u32,
+    check: Option<Check>,
+    load_addr: Option<Addr>,
+    load_path: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -233,6 +324,8 @@ impl Config {
                     .into(),
             ));
         }
+        let health = validate_health(raw.health).map_err(|m| invalid(None, m))?;
+        let load_poll = validate_load_poll(raw.load_poll).map_err(|m| invalid(None, m))?;
         let mut seen = HashSet::new();
         let mut backends = Vec::with_capacity(raw.backends.len());
         for b in raw.backends {
@@ -258,22 +351,28 @@ impl Config {
                     ),
                 ));
             }
+            let check = b.check.unwrap_or_else(|| health.check.clone());
+            if let Check::Http(path) = &check {
+                check_path(path).map_err(|m| {
+                    invalid(None, format!("backend \"{}\": health check {m}", b.name))
+                })?;
+            }
+            let load_path = b.load_path.unwrap_or_else(|| DEFAULT_LOAD_PATH.to_string());
+            check_path(&load_path)
+                .map_err(|m| invalid(None, format!("backend \"{}\": load_path {m}", b.name)))?;
             backends.push(BackendConfig {
                 name: b.name,
                 addr: b.addr.0,
                 weight: b.weight,
+                check,
+                load_addr: b.load_addr.map_or(b.addr.0, |a| a.0),
+                load_path,
             });
         }
         if backends.iter().all(|b| b.weight == 0) {
             return Err(invalid(
                 None,
                 "every backend has weight 0 (drained): no backend can receive traffic".into(),
-            ));
-        }
-        if raw.algorithm == Algorithm::WorkloadSensitive {
-            return Err(invalid(
-                locate(text, "WorkloadSensitive", 0),
-                "algorithm WorkloadSensitive is not available yet; use RoundRobin, WeightedRoundRobin or LeastConnections".into(),
             ));
         }
 
@@ -293,6 +392,8 @@ impl Config {
             algorithm: raw.algorithm,
             backends,
             timeouts,
+            health,
+            load_poll,
         })
     }
 
@@ -321,7 +422,63 @@ impl Config {
             "timeouts   connect {:?}, grace {:?}\n",
             self.timeouts.connect, self.timeouts.grace
         ));
+        let h = &self.health;
+        out.push_str(&format!(
+            "health     {:?} every {:?}, timeout {:?}, rise {}, fall {}\n",
+            h.check, h.interval, h.timeout, h.rise, h.fall
+        ));
+        if self.algorithm == Algorithm::WorkloadSensitive {
+            out.push_str(&format!(
+                "load poll  every {:?}, timeout {:?}\n",
+                self.load_poll.interval, self.load_poll.timeout
+            ));
+        }
         out
+    }
+}
+
+fn validate_health(raw: RawHealth) -> Result<HealthConfig, String> {
+    let d = HealthConfig::default();
+    let health = HealthConfig {
+        check: raw.check.unwrap_or(d.check),
+        interval: raw.interval.map_or(d.interval, |v| v.0),
+        timeout: raw.timeout.map_or(d.timeout, |v| v.0),
+        rise: raw.rise.unwrap_or(d.rise),
+        fall: raw.fall.unwrap_or(d.fall),
+    };
+    if health.interval.is_zero() || health.timeout.is_zero() {
+        return Err("health.interval and health.timeout must be greater than zero".into());
+    }
+    if health.rise == 0 || health.fall == 0 {
+        return Err("health.rise and health.fall must be at least 1".into());
+    }
+    if let Check::Http(path) = &health.check {
+        check_path(path).map_err(|m| format!("health.check {m}"))?;
+    }
+    Ok(health)
+}
+
+fn validate_load_poll(raw: RawLoadPoll) -> Result<LoadPollConfig, String> {
+    let d = LoadPollConfig::default();
+    let poll = LoadPollConfig {
+        interval: raw.interval.map_or(d.interval, |v| v.0),
+        timeout: raw.timeout.map_or(d.timeout, |v| v.0),
+    };
+    if poll.interval.is_zero() || poll.timeout.is_zero() {
+        return Err("load_poll.interval and load_poll.timeout must be greater than zero".into());
+    }
+    Ok(poll)
+}
+
+/// A request path we can put on a request line verbatim.
+fn check_path(path: &str) -> Result<(), String> {
+    let printable = path.bytes().all(|b| b.is_ascii_graphic());
+    if path.starts_with('/') && printable && path.len() <= 1024 {
+        Ok(())
+    } else {
+        Err(format!(
+            "path {path:?} is not usable: expected an absolute path such as \"/load\", without spaces or control characters"
+        ))
     }
 }
 
@@ -423,7 +580,7 @@ mod tests {
         let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight"
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path"
         );
     }
 

@@ -6,6 +6,7 @@
 //!   types ([`config::Config`]); errors name the file, line:column and what was expected.
 //! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
 //!   candidates (weight, active connections, load, availability) and returns an index.
+//! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
 //! - [`backend`]: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
 //! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
@@ -19,6 +20,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod relay;
 pub mod selection;

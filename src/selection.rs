@@ -15,6 +15,10 @@ pub struct Candidate {
     pub active: u64,
     /// False when the backend must not get this connection (drained, down, already tried).
     pub available: bool,
+    /// Last fresh CPU load reading in percent (0-100); `None` when unknown or stale.
+    pub load: Option<f32>,
+    /// Connections sent to this backend since its load was last read.
+    pub recent: u64,
 }
 
 impl Candidate {
@@ -23,6 +27,16 @@ impl Candidate {
             weight,
             active,
             available: weight > 0,
+            load: None,
+            recent: 0,
+        }
+    }
+
+    pub fn with_load(self, load: Option<f32>, recent: u64) -> Self {
+        Candidate {
+            load,
+            recent,
+            ..self
         }
     }
 }
@@ -60,6 +74,7 @@ enum Policy {
     /// Smooth weighted round robin, precomputed for one cycle of sum(weights) picks.
     Weighted(Box<[u32]>),
     LeastConnections,
+    WorkloadSensitive,
 }
 
 impl Selector {
@@ -69,7 +84,8 @@ impl Selector {
         let policy = match algorithm {
             Algorithm::RoundRobin => Policy::RoundRobin,
             Algorithm::WeightedRoundRobin => Policy::Weighted(smooth_weighted_schedule(weights)),
-            Algorithm::LeastConnections | Algorithm::WorkloadSensitive => Policy::LeastConnections,
+            Algorithm::LeastConnections => Policy::LeastConnections,
+            Algorithm::WorkloadSensitive => Policy::WorkloadSensitive,
         };
         Selector {
             policy,
@@ -92,6 +108,10 @@ impl Selector {
             Policy::LeastConnections => {
                 let start = self.counter.fetch_add(1, Ordering::Relaxed) % n;
                 least_connections(candidates, start)
+            }
+            Policy::WorkloadSensitive => {
+                let start = self.counter.fetch_add(1, Ordering::Relaxed) % n;
+                workload_sensitive(candidates, start)
             }
         }
     }
@@ -145,6 +165,55 @@ fn least_connections<C: Candidates + ?Sized>(candidates: &C, start: usize) -> Op
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// The least a backend's spare capacity counts for, so a saturated backend still gets a
+/// trickle (and so new readings) instead of none at all.
+pub const MIN_SPARE: f64 = 0.02;
+
+/// Spare capacity of a backend at `load` percent: 1.0 idle, down to [`MIN_SPARE`] at 100%.
+pub fn spare_capacity(load: f32) -> f64 {
+    (1.0 - f64::from(load) / 100.0).clamp(MIN_SPARE, 1.0)
+}
+
+/// Workload-sensitive choice: the lowest `(active + recent + 1) / (weight * spare)`.
+///
+/// Spare capacity shares out new connections in proportion to `weight * (1 - load)`, and
+/// counting the connections sent since the last reading (`recent`) spreads a burst between
+/// two polls by those shares instead of sending it all to the backend that looked idlest
+/// (the seed's "minimum wins" herd). A backend with no fresh reading is assumed to have the
+/// mean spare capacity of those that have one, so it is used as least connections would.
+fn workload_sensitive<C: Candidates + ?Sized>(candidates: &C, start: usize) -> Option<usize> {
+    let n = candidates.len();
+    let (mut known, mut spare_sum) = (0u32, 0.0);
+    for i in 0..n {
+        let c = candidates.get(i);
+        if let (true, Some(load)) = (c.available, c.load) {
+            known += 1;
+            spare_sum += spare_capacity(load);
+        }
+    }
+    let default_spare = if known == 0 {
+        1.0
+    } else {
+        spare_sum / f64::from(known)
+    };
+    let mut best: Option<(usize, f64, f64)> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        let c = candidates.get(i);
+        if !c.available || c.weight == 0 {
+            continue;
+        }
+        let demand = c.active as f64 + c.recent as f64 + 1.0;
+        let capacity = f64::from(c.weight) * c.load.map_or(default_spare, spare_capacity);
+        // demand / capacity < best_demand / best_capacity, without division.
+        let better = best.is_none_or(|(_, d, cap)| demand * cap < d * capacity);
+        if better {
+            best = Some((i, demand, capacity));
+        }
+    }
+    best.map(|(i, _, _)| i)
 }
 
 /// One cycle of nginx's smooth weighted round robin: every round each backend's current
@@ -285,12 +354,104 @@ mod tests {
         assert_eq!(picks(&s, &c, 4), [1, 0, 1, 0]);
     }
 
+    /// Runs `count` picks, counting each as a recent connection of the chosen backend the way
+    /// the balancer does between two load readings; returns how many each backend got.
+    fn workload_split(candidates: &mut [Candidate], count: usize) -> Vec<usize> {
+        let s = Selector::new(Algorithm::WorkloadSensitive, &[]);
+        let mut got = vec![0; candidates.len()];
+        for _ in 0..count {
+            let i = s.select(&*candidates).expect("a candidate");
+            candidates[i].recent += 1;
+            got[i] += 1;
+        }
+        got
+    }
+
+    fn loaded(weight: u32, load: Option<f32>) -> Candidate {
+        Candidate::new(weight, 0).with_load(load, 0)
+    }
+
+    #[test]
+    fn workload_exact_choices() {
+        let s = Selector::new(Algorithm::WorkloadSensitive, &[]);
+        let pick = |c: &[Candidate]| s.select(c).expect("a candidate");
+        // 1/0.9 < 1/0.1
+        assert_eq!(pick(&[loaded(1, Some(10.0)), loaded(1, Some(90.0))]), 0);
+        // 10/0.9 > 1/0.1 after nine recent connections to the lighter one
+        let c = [
+            loaded(1, Some(10.0)).with_load(Some(10.0), 9),
+            loaded(1, Some(90.0)),
+        ];
+        assert_eq!(pick(&c), 1);
+        // Open connections count as well as recent ones.
+        let c = [
+            Candidate::new(1, 9).with_load(Some(10.0), 0),
+            loaded(1, Some(90.0)),
+        ];
+        assert_eq!(pick(&c), 1);
+        // Weight multiplies capacity: 3/(2*0.5) < 2/(1*0.5) is false; 2/(2*0.5) < 2/(1*0.5).
+        let c = [
+            loaded(2, Some(50.0)).with_load(Some(50.0), 1),
+            loaded(1, Some(50.0)).with_load(Some(50.0), 1),
+        ];
+        assert_eq!(pick(&c), 0);
+    }
+
+    #[test]
+    fn workload_ten_versus_ninety_splits_nine_to_one() {
+        let mut c = [loaded(1, Some(10.0)), loaded(1, Some(90.0))];
+        assert_eq!(workload_split(&mut c, 100), [90, 10]);
+    }
+
+    #[test]
+    fn workload_equal_loads_alternate() {
+        let mut c = [loaded(1, Some(40.0)), loaded(1, Some(40.0))];
+        assert_eq!(workload_split(&mut c, 100), [50, 50]);
+    }
+
+    #[test]
+    fn workload_weights_combine_with_load() {
+        // Capacity 3*0.5 : 1*0.5 gives 3:1.
+        let mut c = [loaded(3, Some(50.0)), loaded(1, Some(50.0))];
+        assert_eq!(workload_split(&mut c, 100), [75, 25]);
+    }
+
+    #[test]
+    fn workload_unknown_load_counts_as_the_mean() {
+        // Known spares 0.9 and 0.5 average to 0.7 for the unknown one: 9:5:7 of 105.
+        let mut c = [
+            loaded(1, Some(10.0)),
+            loaded(1, Some(50.0)),
+            loaded(1, None),
+        ];
+        assert_eq!(workload_split(&mut c, 105), [45, 25, 35]);
+        // Nothing known: plain least connections, rotating.
+        let mut c = [loaded(1, None), loaded(1, None)];
+        assert_eq!(workload_split(&mut c, 10), [5, 5]);
+    }
+
+    #[test]
+    fn workload_saturated_backend_still_gets_a_trickle() {
+        let mut c = [loaded(1, Some(0.0)), loaded(1, Some(100.0))];
+        assert_eq!(workload_split(&mut c, 102), [100, 2]);
+    }
+
+    #[test]
+    fn spare_capacity_is_clamped() {
+        assert_eq!(spare_capacity(0.0), 1.0);
+        assert_eq!(spare_capacity(75.0), 0.25);
+        assert_eq!(spare_capacity(100.0), MIN_SPARE);
+        assert_eq!(spare_capacity(250.0), MIN_SPARE);
+        assert_eq!(spare_capacity(-5.0), 1.0);
+    }
+
     #[test]
     fn every_policy_skips_unavailable_and_reports_none() {
         for algorithm in [
             Algorithm::RoundRobin,
             Algorithm::WeightedRoundRobin,
             Algorithm::LeastConnections,
+            Algorithm::WorkloadSensitive,
         ] {
             let s = Selector::new(algorithm, &[1, 1]);
             let mut c = idle(&[1, 1]);
