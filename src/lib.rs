@@ -9,6 +9,9 @@
 //! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
 //! - [`backend`]: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
+//! - [`probe`]: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time, and the
+//!   `/load` body parser.
+//! - [`monitor`]: background health checks and `/load` pollers that feed the backends' state.
 //! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
 //! - [`server`]: the accept loop: pick a backend, connect (with failover), relay; stops on
 //!   shutdown and drains with a bounded grace period.
@@ -22,6 +25,8 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod http;
+pub mod monitor;
+pub mod probe;
 pub mod relay;
 pub mod selection;
 pub mod server;

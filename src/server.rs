@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::Config;
+use crate::monitor;
 use crate::relay::{self, RelayEnd};
 use crate::selection::{Candidate, Candidates, Selector};
 
@@ -37,7 +38,7 @@ impl Snapshot {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b)))
+            .map(|b| Arc::new(Backend::new(b, &config.health)))
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let selector = Selector::new(config.algorithm, &weights);
@@ -129,6 +130,17 @@ pub async fn run(
         info!("backend {} at {} weight {}", b.name, b.addr, b.weight);
     }
     let balancer = Arc::new(Balancer::new(config));
+    let background = TaskTracker::new();
+    let stop_monitors = CancellationToken::new();
+    {
+        let snapshot = balancer.snapshot();
+        monitor::spawn(
+            &snapshot.backends,
+            &snapshot.config,
+            &background,
+            &stop_monitors,
+        );
+    }
     let tracker = TaskTracker::new();
     let cut_off = CancellationToken::new();
     let mut accept_backoff = AcceptBackoff::default();
@@ -154,6 +166,8 @@ pub async fn run(
         }
     }
     drop(listener);
+    stop_monitors.cancel();
+    background.close();
     tracker.close();
     if !tracker.is_empty() {
         info!(
@@ -169,6 +183,7 @@ pub async fn run(
         cut_off.cancel();
         tracker.wait().await;
     }
+    background.wait().await;
     info!("stopped");
     Ok(())
 }

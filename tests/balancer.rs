@@ -182,7 +182,7 @@ async fn client_half_close_still_gets_the_reply() {
         s.write_all(reply.as_bytes()).await.expect("write");
         s.shutdown().await.expect("shutdown");
     });
-    let b = Balancer::start(&config("RoundRobin", &[("a", addr, 1)]));
+    let b = Balancer::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES));
     let mut s = connect(b.addr).await;
     within(s.write_all(&[7u8; 1000])).await.expect("write");
     within(s.shutdown()).await.expect("half-close");
@@ -205,7 +205,7 @@ async fn backend_half_close_still_receives_the_client() {
         s.read_to_end(&mut rest).await.expect("read");
         let _ = tx.send(rest);
     });
-    let b = Balancer::start(&config("RoundRobin", &[("a", addr, 1)]));
+    let b = Balancer::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES));
     let mut s = connect(b.addr).await;
     let mut greeting = Vec::new();
     within(s.read_to_end(&mut greeting)).await.expect("read");

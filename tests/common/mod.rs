@@ -163,6 +163,16 @@ impl Drop for TempDir {
 /// A configuration with the given algorithm and `(name, addr, weight)` backends, listening on
 /// an ephemeral loopback port.
 pub fn config(algorithm: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
+    config_with(algorithm, backends, "")
+}
+
+/// Like [`config`], with `sections` (such as `health: (interval: "1h"),`) added at the top
+/// level.
+pub fn config_with(
+    algorithm: &str,
+    backends: &[(&str, SocketAddr, u32)],
+    sections: &str,
+) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|(name, addr, weight)| {
@@ -170,7 +180,7 @@ pub fn config(algorithm: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
         })
         .collect();
     format!(
-        "(\n    listen: \"127.0.0.1:0\",\n    algorithm: {algorithm},\n    backends: [\n{}\n    ],\n)\n",
+        "(\n    listen: \"127.0.0.1:0\",\n    algorithm: {algorithm},\n    {sections}\n    backends: [\n{}\n    ],\n)\n",
         list.join("\n")
     )
 }
@@ -280,6 +290,10 @@ pub fn refusing_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// Sections for tests whose backend accepts exactly one connection: health probes would
+/// take that accept, so they are pushed far beyond the test's life.
+pub const NO_PROBES: &str = "health: (interval: \"1h\"),";
 
 /// Binds an ephemeral loopback listener.
 pub async fn listener() -> TcpListener {

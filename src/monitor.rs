@@ -1,0 +1,145 @@
+//! Background tasks that watch the backends: an active health check per backend, and in
+//! WorkloadSensitive mode a `/load` poller per backend. They write into the backends' live
+//! state and stop when their token is cancelled (shutdown, or a new configuration).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::Backend;
+use crate::config::{Algorithm, Check, Config, HealthConfig, LoadPollConfig};
+use crate::probe;
+
+/// Starts the health checks, and the load pollers when `config` asks for workload-sensitive
+/// balancing, for `backends`; they run on `tracker` until `stop` is cancelled.
+pub fn spawn(
+    backends: &[Arc<Backend>],
+    config: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    for backend in backends {
+        tracker.spawn(until_cancelled(
+            stop.clone(),
+            check_loop(Arc::clone(backend), config.health.clone()),
+        ));
+        if config.algorithm == Algorithm::WorkloadSensitive {
+            tracker.spawn(until_cancelled(
+                stop.clone(),
+                poll_loop(Arc::clone(backend), config.load_poll),
+            ));
+        }
+    }
+}
+
+async fn until_cancelled(stop: CancellationToken, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = task => {}
+    }
+}
+
+/// Probes the backend every `interval` (jittered) and feeds the results to its health.
+async fn check_loop(backend: Arc<Backend>, health: HealthConfig) {
+    let mut jitter = Jitter::new();
+    loop {
+        tokio::time::sleep(jitter.spread(health.interval)).await;
+        let result = match &backend.config.check {
+            Check::Tcp => probe::tcp_connect(backend.addr, health.timeout).await,
+            Check::Http(path) => probe::http_get(backend.addr, path, health.timeout)
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => backend.record_check(true, ""),
+            Err(e) => backend.record_check(false, &format!("health check failed: {e}")),
+        }
+    }
+}
+
+/// Polls the backend's load endpoint, publishing each good reading and forgetting the last
+/// one once it is stale. Logs when readings go bad and when they recover, not every poll.
+async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
+    let mut jitter = Jitter::new();
+    let mut healthy_readings: Option<bool> = None;
+    let mut last_good: Option<Instant> = None;
+    let (addr, path) = (backend.config.load_addr, backend.config.load_path.clone());
+    loop {
+        let reading = match probe::http_get(addr, &path, poll.timeout).await {
+            Ok(body) => probe::parse_load(&body),
+            Err(e) => Err(e),
+        };
+        match reading {
+            Ok(load) => {
+                backend.set_load(Some(load));
+                last_good = Some(Instant::now());
+                // Answering /load proves the backend is alive.
+                backend.record_check(true, "");
+                if healthy_readings != Some(true) {
+                    info!(
+                        "backend {}: load readings from http://{addr}{path} are good ({load:.1}%)",
+                        backend.name
+                    );
+                }
+                healthy_readings = Some(true);
+            }
+            Err(e) => {
+                if healthy_readings != Some(false) {
+                    warn!(
+                        "backend {}: load readings from http://{addr}{path} failing: {e}; its load counts as unknown once stale",
+                        backend.name
+                    );
+                }
+                healthy_readings = Some(false);
+                if last_good.is_none_or(|t| t.elapsed() >= poll.stale_after()) {
+                    backend.set_load(None);
+                }
+            }
+        }
+        tokio::time::sleep(jitter.spread(poll.interval)).await;
+    }
+}
+
+/// Spreads periodic work so that probes of many backends (and of many balancers) do not
+/// fire in step. A tiny xorshift generator seeded per task is plenty for that.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = RandomState::new().build_hasher().finish();
+        Jitter(seed | 1)
+    }
+
+    /// A duration between 75% and 100% of `interval`: never longer, so "every interval" holds.
+    fn spread(&mut self, interval: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let fraction = 0.75 + 0.25 * (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        interval.mul_f64(fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_three_quarters_and_the_interval() {
+        let mut j = Jitter::new();
+        let interval = Duration::from_secs(1);
+        let spread: Vec<Duration> = (0..1000).map(|_| j.spread(interval)).collect();
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= interval.mul_f64(0.75) && *d <= interval)
+        );
+        let distinct: std::collections::HashSet<_> = spread.iter().collect();
+        assert!(distinct.len() > 900, "jitter should vary");
+    }
+}
