@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::Notify;
+
 use log::{info, warn};
 
 use crate::config::{BackendConfig, HealthConfig};
@@ -18,15 +20,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub weight: u32,
     pub config: BackendConfig,
-    pub stats: Stats,
-    /// Mirrors `health.is_up()` so the pick path reads one atomic instead of a lock.
-    up: AtomicBool,
-    /// Written by checks and by the relay's failed connects, never on the pick path.
-    health: Mutex<Health>,
-    /// The last fresh load reading as f32 bits; NaN when unknown or stale.
-    load_bits: AtomicU32,
-    /// Connections sent here since the last load reading.
-    recent: AtomicU64,
+    /// State that outlives a configuration reload when name and address stay the same.
+    live: Arc<Live>,
 }
 
 /// Counters shared by every connection to one backend.
@@ -39,42 +34,106 @@ pub struct Stats {
     pub bytes_to_client: AtomicU64,
 }
 
+#[derive(Debug)]
+struct Live {
+    stats: Stats,
+    /// Mirrors `health.is_up()` so the pick path reads one atomic instead of a lock.
+    up: AtomicBool,
+    /// Written by checks and by the relay's failed connects, never on the pick path.
+    health: Mutex<Health>,
+    /// The last fresh load reading as f32 bits; NaN when unknown or stale.
+    load_bits: AtomicU32,
+    /// Connections sent here since the last load reading.
+    recent: AtomicU64,
+    /// Woken when a connection to any backend of the balancer ends, for clients queued
+    /// because every backend was at its `max_connections`.
+    released: Arc<Notify>,
+}
+
 impl Backend {
-    pub fn new(config: &BackendConfig, health: &HealthConfig) -> Backend {
-        Backend {
-            name: config.name.clone(),
-            addr: config.addr,
-            weight: config.weight,
-            config: config.clone(),
+    /// A backend with fresh state; `released` is the balancer-wide wake-up for queued clients.
+    pub fn new(config: &BackendConfig, health: &HealthConfig, released: Arc<Notify>) -> Backend {
+        let live = Live {
             stats: Stats::default(),
             up: AtomicBool::new(true),
             health: Mutex::new(Health::new(health.rise, health.fall)),
             load_bits: AtomicU32::new(f32::NAN.to_bits()),
             recent: AtomicU64::new(0),
+            released,
+        };
+        Backend::with_live(config, Arc::new(live))
+    }
+
+    /// The same backend under a new configuration: counters, health and load carry over.
+    /// New rise/fall thresholds apply from the next flip.
+    pub fn reconfigured(&self, config: &BackendConfig, health: &HealthConfig) -> Backend {
+        {
+            let mut state = self
+                .live
+                .health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut renewed = Health::new(health.rise, health.fall);
+            if !state.is_up() {
+                renewed.observe_down();
+            }
+            *state = renewed;
         }
+        Backend::with_live(config, Arc::clone(&self.live))
+    }
+
+    fn with_live(config: &BackendConfig, live: Arc<Live>) -> Backend {
+        Backend {
+            name: config.name.clone(),
+            addr: config.addr,
+            weight: config.weight,
+            config: config.clone(),
+            live,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.live.stats
     }
 
     /// What a selector may see of this backend right now.
     pub fn candidate(&self) -> Candidate {
-        let mut candidate = Candidate::new(self.weight, self.stats.active.load(Ordering::Relaxed))
-            .with_load(self.load(), self.recent.load(Ordering::Relaxed));
-        candidate.available &= self.is_up();
+        let live = &self.live;
+        let active = live.stats.active.load(Ordering::Relaxed);
+        let mut candidate = Candidate::new(self.weight, active)
+            .with_load(self.load(), live.recent.load(Ordering::Relaxed));
+        candidate.available &= self.is_up() && !self.is_full_at(active);
         candidate
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.live.up.load(Ordering::Relaxed)
+    }
+
+    /// Up and in rotation, but at its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        self.weight > 0
+            && self.is_up()
+            && self.is_full_at(self.live.stats.active.load(Ordering::Relaxed))
+    }
+
+    fn is_full_at(&self, active: u64) -> bool {
+        self.config.max_connections.is_some_and(|max| active >= max)
     }
 
     /// Feeds one check result (active probe, load poll or relay connect) to the health state
     /// machine; logs and publishes a flip. `reason` explains a failure.
     pub fn record_check(&self, ok: bool, reason: &str) {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut health = self
+            .live
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !health.observe(ok) {
             return;
         }
         let up = health.is_up();
-        self.up.store(up, Ordering::Relaxed);
+        self.live.up.store(up, Ordering::Relaxed);
         if up {
             info!("backend {} ({}) is up", self.name, self.addr);
         } else {
@@ -84,31 +143,33 @@ impl Backend {
 
     /// The last fresh load reading, in percent.
     pub fn load(&self) -> Option<f32> {
-        let load = f32::from_bits(self.load_bits.load(Ordering::Relaxed));
+        let load = f32::from_bits(self.live.load_bits.load(Ordering::Relaxed));
         (!load.is_nan()).then_some(load)
     }
 
     /// Publishes a new reading (or forgets a stale one) and restarts the count of connections
     /// sent since the last reading.
     pub fn set_load(&self, load: Option<f32>) {
-        self.load_bits
+        self.live
+            .load_bits
             .store(load.unwrap_or(f32::NAN).to_bits(), Ordering::Relaxed);
         if load.is_some() {
-            self.recent.store(0, Ordering::Relaxed);
+            self.live.recent.store(0, Ordering::Relaxed);
         }
     }
 
     /// Counts a new connection as active until the guard is dropped.
     pub fn connect_guard(self: &Arc<Self>) -> ConnectionGuard {
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.recent.fetch_add(1, Ordering::Relaxed);
+        self.live.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.live.recent.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
             backend: Arc::clone(self),
         }
     }
 }
 
-/// One active connection to `backend`; dropping it decrements the active count.
+/// One active connection to `backend`; dropping it decrements the active count and wakes
+/// clients queued for a backend with room.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     backend: Arc<Backend>,
@@ -122,7 +183,11 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let live = &self.backend.live;
+        live.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if self.backend.config.max_connections.is_some() {
+            live.released.notify_waiters();
+        }
     }
 }
 
@@ -139,13 +204,14 @@ mod tests {
             check: crate::config::Check::Tcp,
             load_addr: addr,
             load_path: "/load".into(),
+            max_connections: Some(2),
         };
         let health = HealthConfig {
             rise: 2,
             fall: 2,
             ..HealthConfig::default()
         };
-        Backend::new(&config, &health)
+        Backend::new(&config, &health, Arc::new(Notify::new()))
     }
 
     #[test]
@@ -173,6 +239,35 @@ mod tests {
         assert_eq!((b.candidate().load, b.candidate().recent), (Some(12.5), 0));
         b.set_load(None);
         assert_eq!(b.candidate().load, None);
+    }
+
+    #[test]
+    fn a_full_backend_is_not_available_until_a_connection_ends() {
+        let b = Arc::new(backend());
+        let first = b.connect_guard();
+        assert!(b.candidate().available && !b.is_full());
+        let _second = b.connect_guard();
+        assert!(!b.candidate().available && b.is_full());
+        drop(first);
+        assert!(b.candidate().available);
+    }
+
+    #[test]
+    fn reconfiguring_keeps_counters_and_down_state() {
+        let b = Arc::new(backend());
+        let _open = b.connect_guard();
+        b.record_check(false, "test");
+        b.record_check(false, "test");
+        assert!(!b.is_up());
+        let health = HealthConfig {
+            rise: 1,
+            ..HealthConfig::default()
+        };
+        let renewed = b.reconfigured(&b.config, &health);
+        assert_eq!(renewed.stats().active.load(Ordering::Relaxed), 1);
+        assert!(!renewed.is_up());
+        renewed.record_check(true, "");
+        assert!(renewed.is_up() && b.is_up());
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const MAX_WEIGHT: u32 = 256;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time open connections get to finish after a shutdown request.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default time a connection may pass with no byte in either direction (nginx's
+/// `proxy_timeout` default).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+/// Default time one direction may stay open after the other has finished.
+pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(60);
 /// Default path of the load endpoint polled in WorkloadSensitive mode.
 pub const DEFAULT_LOAD_PATH: &str = "/load";
 
@@ -42,8 +47,30 @@ pub struct Config {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub health: HealthConfig,
     pub load_poll: LoadPollConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent client connections; at the limit ballast stops accepting and new clients
+    /// wait in the kernel's listen backlog.
+    pub max_connections: usize,
+    /// Clients that may wait for a backend below its `max_connections`.
+    pub queue: usize,
+    /// How long a queued client waits before it is closed.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            queue: 256,
+            queue_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +85,8 @@ pub struct BackendConfig {
     pub load_addr: SocketAddr,
     /// The path polled for the load percentage.
     pub load_path: String,
+    /// Concurrent connections this backend takes; a full backend is skipped.
+    pub max_connections: Option<u64>,
 }
 
 /// An active health check.
@@ -120,6 +149,8 @@ impl Default for LoadPollConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
+    pub idle: Duration,
+    pub half_close: Duration,
     pub grace: Duration,
 }
 
@@ -127,6 +158,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
+            idle: DEFAULT_IDLE,
+            half_close: DEFAULT_HALF_CLOSE,
             grace: DEFAULT_GRACE,
         }
     }
@@ -199,9 +232,19 @@ struct RawConfig {
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     health: RawHealth,
     #[serde(default)]
     load_poll: RawLoadPoll,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    queue: Option<usize>,
+    queue_timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,6 +274,7 @@ struct RawBackend {
     check: Option<Check>,
     load_addr: Option<Addr>,
     load_path: Option<String>,
+    max_connections: Option<u64>,
 }
 
 fn default_weight() -> u32 {
@@ -241,6 +285,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
     connect: Option<HumanDuration>,
+    idle: Option<HumanDuration>,
+    half_close: Option<HumanDuration>,
     grace: Option<HumanDuration>,
 }
 
@@ -357,6 +403,15 @@ impl Config {
                     invalid(None, format!("backend \"{}\": health check {m}", b.name))
                 })?;
             }
+            if b.max_connections == Some(0) {
+                return Err(invalid(
+                    None,
+                    format!(
+                        "backend \"{}\": max_connections must be at least 1 (use weight: 0 to drain)",
+                        b.name
+                    ),
+                ));
+            }
             let load_path = b.load_path.unwrap_or_else(|| DEFAULT_LOAD_PATH.to_string());
             check_path(&load_path)
                 .map_err(|m| invalid(None, format!("backend \"{}\": load_path {m}", b.name)))?;
@@ -367,6 +422,7 @@ impl Config {
                 check,
                 load_addr: b.load_addr.map_or(b.addr.0, |a| a.0),
                 load_path,
+                max_connections: b.max_connections,
             });
         }
         if backends.iter().all(|b| b.weight == 0) {
@@ -379,12 +435,33 @@ impl Config {
         let defaults = Timeouts::default();
         let timeouts = Timeouts {
             connect: raw.timeouts.connect.map_or(defaults.connect, |d| d.0),
+            idle: raw.timeouts.idle.map_or(defaults.idle, |d| d.0),
+            half_close: raw.timeouts.half_close.map_or(defaults.half_close, |d| d.0),
             grace: raw.timeouts.grace.map_or(defaults.grace, |d| d.0),
         };
-        if timeouts.connect.is_zero() {
+        if timeouts.connect.is_zero() || timeouts.idle.is_zero() || timeouts.half_close.is_zero() {
             return Err(invalid(
-                locate(text, "connect", 0),
-                "timeouts.connect must be greater than zero".into(),
+                None,
+                "timeouts.connect, timeouts.idle and timeouts.half_close must be greater than zero"
+                    .into(),
+            ));
+        }
+        let default_limits = Limits::default();
+        let limits = Limits {
+            max_connections: raw
+                .limits
+                .max_connections
+                .unwrap_or(default_limits.max_connections),
+            queue: raw.limits.queue.unwrap_or(default_limits.queue),
+            queue_timeout: raw
+                .limits
+                .queue_timeout
+                .map_or(default_limits.queue_timeout, |d| d.0),
+        };
+        if limits.max_connections == 0 {
+            return Err(invalid(
+                None,
+                "limits.max_connections must be at least 1".into(),
             ));
         }
         Ok(Config {
@@ -392,6 +469,7 @@ impl Config {
             algorithm: raw.algorithm,
             backends,
             timeouts,
+            limits,
             health,
             load_poll,
         })
@@ -413,14 +491,23 @@ impl Config {
             .unwrap_or(0);
         for b in &self.backends {
             let note = if b.weight == 0 { "  (drained)" } else { "" };
+            let max = b
+                .max_connections
+                .map_or(String::new(), |m| format!("  max {m}"));
             out.push_str(&format!(
-                "  {:width$}  {}  weight {}{note}\n",
+                "  {:width$}  {}  weight {}{max}{note}\n",
                 b.name, b.addr, b.weight
             ));
         }
+        let t = &self.timeouts;
         out.push_str(&format!(
-            "timeouts   connect {:?}, grace {:?}\n",
-            self.timeouts.connect, self.timeouts.grace
+            "timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}\n",
+            t.connect, t.idle, t.half_close, t.grace
+        ));
+        let l = &self.limits;
+        out.push_str(&format!(
+            "limits     {} connections, queue {} for up to {:?}\n",
+            l.max_connections, l.queue, l.queue_timeout
         ));
         let h = &self.health;
         out.push_str(&format!(
@@ -580,7 +667,7 @@ mod tests {
         let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path"
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections"
         );
     }
 

@@ -23,6 +23,13 @@ impl Health {
         }
     }
 
+    /// Marks the backend down at once, as when carrying a down backend into a new
+    /// configuration.
+    pub fn observe_down(&mut self) {
+        self.up = false;
+        self.streak = 0;
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -1,24 +1,27 @@
 //! The accept loop. Each accepted connection gets a backend from the selector (failing over
-//! past backends that refuse or time out), then the relay. On shutdown the listener closes at
-//! once and open connections get a bounded grace period to finish.
+//! past backends that refuse or time out, queueing briefly when every backend is at its
+//! connection limit), then the relay. A new configuration is swapped in whole for new
+//! connections while established ones continue. On shutdown the listener closes at once and
+//! open connections get a bounded grace period to finish.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use log::{debug, error, info, warn};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::Config;
 use crate::monitor;
-use crate::relay::{self, RelayEnd};
+use crate::relay;
 use crate::selection::{Candidate, Candidates, Selector};
 
 /// Pending connections the kernel may queue before we accept them.
@@ -34,11 +37,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
+    /// Builds the snapshot for `config`. Backends of `previous` with the same name and
+    /// address keep their counters, health and load.
+    fn new(config: Config, previous: Option<&Snapshot>, released: &Arc<Notify>) -> Snapshot {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b, &config.health)))
+            .map(|b| {
+                let same = previous.and_then(|p| {
+                    p.backends
+                        .iter()
+                        .find(|old| old.name == b.name && old.addr == b.addr)
+                });
+                Arc::new(match same {
+                    Some(old) => old.reconfigured(b, &config.health),
+                    None => Backend::new(b, &config.health, Arc::clone(released)),
+                })
+            })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let selector = Selector::new(config.algorithm, &weights);
@@ -57,6 +72,14 @@ impl Snapshot {
         };
         let index = self.selector.select(&view)?;
         Some((index, self.backends[index].connect_guard()))
+    }
+
+    /// Whether a backend not yet tried could take the connection once it has room.
+    fn any_full(&self, tried: &[usize]) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !tried.contains(&i) && b.is_full())
     }
 }
 
@@ -83,17 +106,32 @@ impl Candidates for LiveView<'_> {
 #[derive(Debug)]
 pub struct Balancer {
     snapshot: ArcSwap<Snapshot>,
+    /// Woken whenever a connection to a backend with a connection limit ends.
+    released: Arc<Notify>,
+    /// Clients waiting for a backend with room.
+    queued: AtomicUsize,
 }
 
 impl Balancer {
     pub fn new(config: Config) -> Balancer {
+        let released = Arc::new(Notify::new());
         Balancer {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, None, &released)),
+            released,
+            queued: AtomicUsize::new(0),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Swaps in `config` for new connections; returns the new snapshot.
+    pub fn reload(&self, config: Config) -> Arc<Snapshot> {
+        let current = self.snapshot();
+        let next = Arc::new(Snapshot::new(config, Some(&current), &self.released));
+        self.snapshot.store(Arc::clone(&next));
+        next
     }
 }
 
@@ -112,63 +150,112 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Serves `listener` with `config` until `shutdown` completes, then stops accepting and gives
-/// open connections up to the configured grace period before closing them.
+/// Serves `listener` with `config` until `shutdown` completes; see [`run_with_reloads`].
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let grace = config.timeouts.grace;
-    let local = listener.local_addr()?;
-    info!(
-        "listening on {local}, algorithm {}, {} backends",
-        config.algorithm,
-        config.backends.len()
-    );
-    for b in &config.backends {
-        info!("backend {} at {} weight {}", b.name, b.addr, b.weight);
-    }
+    let (_keep_open, reloads) = mpsc::channel(1);
+    run_with_reloads(config, listener, shutdown, reloads).await
+}
+
+/// What woke the accept loop.
+enum Event {
+    Shutdown,
+    Reload(Option<Config>),
+    Accepted(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>),
+}
+
+/// Serves `listener` with `config`, switching to each configuration received on `reloads`
+/// (for new connections; established ones continue), until `shutdown` completes. Then it
+/// stops accepting and gives open connections up to the grace period before closing them.
+pub async fn run_with_reloads(
+    config: Config,
+    mut listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<Config>,
+) -> io::Result<()> {
+    log_config("listening on", listener.local_addr()?, &config);
+    let mut slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let balancer = Arc::new(Balancer::new(config));
     let background = TaskTracker::new();
-    let stop_monitors = CancellationToken::new();
-    {
-        let snapshot = balancer.snapshot();
-        monitor::spawn(
-            &snapshot.backends,
-            &snapshot.config,
-            &background,
-            &stop_monitors,
-        );
-    }
+    let mut stop_monitors = CancellationToken::new();
+    let first = balancer.snapshot();
+    monitor::spawn(&first.backends, &first.config, &background, &stop_monitors);
+    drop(first);
     let tracker = TaskTracker::new();
     let cut_off = CancellationToken::new();
     let mut accept_backoff = AcceptBackoff::default();
+    let mut reloads_open = true;
 
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    accept_backoff.reset();
-                    let snapshot = balancer.snapshot();
-                    let cut_off = cut_off.clone();
-                    tracker.spawn(async move {
-                        tokio::select! {
-                            () = serve_connection(client, peer, snapshot) => {}
-                            () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
+        // A permit per connection: at the limit we stop accepting and new clients wait in
+        // the kernel's backlog instead of being refused.
+        let next_connection = async {
+            let permit = Arc::clone(&slots).acquire_owned().await;
+            let permit = permit.map_err(|_| io::Error::other("connection limit closed"));
+            match permit {
+                Ok(permit) => Event::Accepted(permit, listener.accept().await),
+                Err(_) => Event::Shutdown,
+            }
+        };
+        let event = tokio::select! {
+            () = &mut shutdown => Event::Shutdown,
+            config = reloads.recv(), if reloads_open => Event::Reload(config),
+            event = next_connection => event,
+        };
+        match event {
+            Event::Shutdown => break,
+            Event::Reload(None) => reloads_open = false,
+            Event::Reload(Some(config)) => {
+                let current = balancer.snapshot();
+                if config.listen != current.config.listen {
+                    match bind(config.listen) {
+                        Ok(new_listener) => listener = new_listener,
+                        Err(e) => {
+                            error!(
+                                "reload rejected: cannot listen on {}: {e}; keeping the running configuration",
+                                config.listen
+                            );
+                            continue;
                         }
-                    });
+                    }
                 }
-                Err(e) => accept_backoff.on_error(e).await,
-            },
+                if config.limits.max_connections != current.config.limits.max_connections {
+                    slots = Arc::new(Semaphore::new(config.limits.max_connections));
+                }
+                let next = balancer.reload(config);
+                stop_monitors.cancel();
+                stop_monitors = CancellationToken::new();
+                monitor::spawn(&next.backends, &next.config, &background, &stop_monitors);
+                log_config(
+                    "reloaded: listening on",
+                    listener.local_addr()?,
+                    &next.config,
+                );
+            }
+            Event::Accepted(permit, Ok((client, peer))) => {
+                accept_backoff.reset();
+                let balancer = Arc::clone(&balancer);
+                let cut_off = cut_off.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        () = serve_connection(client, peer, balancer) => {}
+                        () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
+                    }
+                    drop(permit);
+                });
+            }
+            Event::Accepted(_, Err(e)) => accept_backoff.on_error(e).await,
         }
     }
     drop(listener);
     stop_monitors.cancel();
     background.close();
     tracker.close();
+    let grace = balancer.snapshot().config.timeouts.grace;
     if !tracker.is_empty() {
         info!(
             "shutting down: waiting up to {grace:?} for {} open connections",
@@ -186,6 +273,17 @@ pub async fn run(
     background.wait().await;
     info!("stopped");
     Ok(())
+}
+
+fn log_config(what: &str, local: SocketAddr, config: &Config) {
+    info!(
+        "{what} {local}, algorithm {}, {} backends",
+        config.algorithm,
+        config.backends.len()
+    );
+    for b in &config.backends {
+        info!("backend {} at {} weight {}", b.name, b.addr, b.weight);
+    }
 }
 
 /// Accept errors are either per-connection (the client gave up before we accepted it) or
@@ -229,45 +327,99 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-/// Connects `client` to a backend, trying each backend at most once, then relays.
-async fn serve_connection(client: TcpStream, peer: SocketAddr, snapshot: Arc<Snapshot>) {
-    let started = Instant::now();
-    let _ = client.set_nodelay(true);
+/// Counts one queued client for as long as it lives.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks and connects a backend for one client: tries each backend at most once, and waits
+/// in the bounded queue while the only backends left are at their connection limit.
+async fn connect_backend(
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    balancer: &Balancer,
+) -> Option<(ConnectionGuard, TcpStream)> {
     let mut tried: Vec<usize> = Vec::new();
-    let (guard, upstream) = loop {
+    let mut queued: Option<(QueueSlot<'_>, tokio::time::Instant)> = None;
+    loop {
+        // Registered before the pick, so a release between the pick and the wait is not lost.
+        let released = balancer.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
         let Some((index, guard)) = snapshot.pick(&tried) else {
-            warn!(
-                "{peer}: no backend available ({} tried); closing the client connection",
-                tried.len()
-            );
-            return;
+            if !snapshot.any_full(&tried) {
+                warn!(
+                    "{peer}: no backend available ({} tried); closing the client connection",
+                    tried.len()
+                );
+                return None;
+            }
+            let limits = &snapshot.config.limits;
+            let deadline = match &queued {
+                Some((_, deadline)) => *deadline,
+                None => {
+                    if balancer.queued.fetch_add(1, Ordering::Relaxed) >= limits.queue {
+                        balancer.queued.fetch_sub(1, Ordering::Relaxed);
+                        warn!("{peer}: every backend is full and the queue is full; closing");
+                        return None;
+                    }
+                    let deadline = tokio::time::Instant::now() + limits.queue_timeout;
+                    queued = Some((QueueSlot(&balancer.queued), deadline));
+                    deadline
+                }
+            };
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                warn!(
+                    "{peer}: every backend stayed full for {:?}; closing",
+                    limits.queue_timeout
+                );
+                return None;
+            }
+            continue;
         };
-        tried.push(index);
         match connect(guard.backend(), snapshot.config.timeouts.connect).await {
-            Ok(stream) => break (guard, stream),
+            Ok(stream) => return Some((guard, stream)),
             Err(e) => {
+                tried.push(index);
                 let backend = guard.backend();
                 backend
-                    .stats
+                    .stats()
                     .connect_failures
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(
                     "{peer}: backend {} ({}) connect failed: {e}; trying another",
                     backend.name, backend.addr
                 );
+                backend.record_check(false, &format!("connect failed: {e}"));
             }
         }
+    }
+}
+
+/// Serves one client: a backend, then the relay until both sides are done.
+async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Balancer>) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let snapshot = balancer.snapshot();
+    let Some((guard, upstream)) = connect_backend(peer, &snapshot, &balancer).await else {
+        return;
     };
     let backend = Arc::clone(guard.backend());
-    backend.stats.total.fetch_add(1, Ordering::Relaxed);
-    let end = relay::relay(client, upstream).await;
+    backend.stats().total.fetch_add(1, Ordering::Relaxed);
+    let timeouts = &snapshot.config.timeouts;
+    let limits = relay::Limits {
+        idle: timeouts.idle,
+        half_close: timeouts.half_close,
+    };
+    drop(snapshot);
+    let (moved, end) = relay::relay(client, upstream, limits).await;
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
-    let (moved, outcome) = match &end {
-        RelayEnd::Closed(moved) => (*moved, "closed".to_string()),
-        RelayEnd::Failed(moved, e) => (*moved, format!("error: {e}")),
-    };
-    let stats = &backend.stats;
+    let stats = backend.stats();
     stats
         .bytes_to_backend
         .fetch_add(moved.client_to_backend, Ordering::Relaxed);
@@ -275,7 +427,7 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, snapshot: Arc<Sna
         .bytes_to_client
         .fetch_add(moved.backend_to_client, Ordering::Relaxed);
     debug!(
-        "{peer} -> {} ({}): {} bytes up, {} bytes down, {:?}, {outcome}",
+        "{peer} -> {} ({}): {} bytes up, {} bytes down, {:?}, {end}",
         backend.name,
         backend.addr,
         moved.client_to_backend,
