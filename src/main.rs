@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use ballast::cli::{self, Command};
@@ -68,12 +68,22 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
+        // Handlers go in before the listener announces itself: a signal that arrives
+        // between the two would otherwise take the default action and kill the process.
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot watch {name}: {e}"))
+        };
+        let signals = Signals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: watch(SignalKind::terminate(), "SIGTERM")?,
+        };
+        let hangup = watch(SignalKind::hangup(), "SIGHUP")?;
         let listen = config.listen;
         let listener =
             server::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let (reloads, reloaded) = mpsc::channel(4);
-        tokio::spawn(reload_on_sighup(path, reloads));
-        server::run_with_reloads(config, listener, shutdown_signal(), reloaded)
+        tokio::spawn(reload_on_sighup(hangup, path, reloads));
+        server::run_with_reloads(config, listener, signals.shutdown(), reloaded)
             .await
             .map_err(|e| e.to_string())
     })
@@ -81,14 +91,7 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
 
 /// Re-reads the configuration on every SIGHUP; a file that does not validate is reported
 /// and the running configuration keeps serving.
-async fn reload_on_sighup(path: PathBuf, reloads: mpsc::Sender<Config>) {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot watch SIGHUP, reloads disabled: {e}");
-            return;
-        }
-    };
+async fn reload_on_sighup(mut hangup: Signal, path: PathBuf, reloads: mpsc::Sender<Config>) {
     while hangup.recv().await.is_some() {
         log::info!("SIGHUP: reloading {}", path.display());
         match Config::load(&path) {
@@ -102,28 +105,24 @@ async fn reload_on_sighup(path: PathBuf, reloads: mpsc::Sender<Config>) {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM; a second SIGINT then exits at once.
-async fn shutdown_signal() {
-    first_stop_signal().await;
-    tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            log::warn!("second SIGINT: exiting without waiting for open connections");
-            std::process::exit(130);
-        }
-    });
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
 }
 
-async fn first_stop_signal() {
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+impl Signals {
+    /// Completes on the first SIGINT or SIGTERM; a second SIGINT then exits at once.
+    async fn shutdown(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => log::info!("SIGINT: shutting down"),
+            _ = self.terminate.recv() => log::info!("SIGTERM: shutting down"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
-        _ = terminate.recv() => log::info!("SIGTERM: shutting down"),
+        let mut interrupt = self.interrupt;
+        tokio::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                log::warn!("second SIGINT: exiting without waiting for open connections");
+                std::process::exit(130);
+            }
+        });
     }
 }

@@ -300,13 +300,7 @@ impl AcceptBackoff {
     }
 
     async fn on_error(&mut self, e: io::Error) {
-        let exhausted = matches!(
-            e.raw_os_error(),
-            Some(
-                libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM
-            )
-        );
-        if !exhausted {
+        if !is_local_exhaustion(&e) {
             debug!("accept failed: {e}");
             return;
         }
@@ -319,7 +313,15 @@ impl AcceptBackoff {
     }
 }
 
-/// Linux errno values for resource exhaustion on accept.
+/// Out of file descriptors, socket buffers or memory on this machine: no peer's fault.
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// Linux errno values for resource exhaustion.
 mod libc_errno {
     pub const ENOMEM: i32 = 12;
     pub const ENFILE: i32 = 23;
@@ -369,6 +371,7 @@ async fn connect_backend(
                     }
                     let deadline = tokio::time::Instant::now() + limits.queue_timeout;
                     queued = Some((QueueSlot(&balancer.queued), deadline));
+                    debug!("{peer}: every backend is full; queued");
                     deadline
                 }
             };
@@ -383,6 +386,12 @@ async fn connect_backend(
         };
         match connect(guard.backend(), snapshot.config.timeouts.connect).await {
             Ok(stream) => return Some((guard, stream)),
+            Err(e) if is_local_exhaustion(&e) => {
+                // Our own shortage says nothing about the backend: no failover, no health
+                // penalty, just this client turned away.
+                error!("{peer}: cannot open a backend connection: {e}; closing the client");
+                return None;
+            }
             Err(e) => {
                 tried.push(index);
                 let backend = guard.backend();

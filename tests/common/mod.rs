@@ -190,15 +190,22 @@ pub struct Balancer {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub log: Lines,
+    pub config_path: PathBuf,
     _dir: TempDir,
 }
 
 impl Balancer {
     /// Starts `ballast` on `config_text` (debug logging) and waits until it listens.
     pub fn start(config_text: &str) -> Balancer {
+        Balancer::start_in(config_text, Command::new(BALLAST))
+    }
+
+    /// Starts `command` (which must end up running `ballast`, e.g. through a shell that sets
+    /// limits first) with `--config FILE` appended.
+    pub fn start_in(config_text: &str, mut command: Command) -> Balancer {
         let dir = TempDir::new();
         let path = dir.write("balancer.ron", config_text);
-        let mut child = Command::new(BALLAST)
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "debug")
@@ -214,8 +221,26 @@ impl Balancer {
             proc,
             addr: listening_addr(&line),
             log,
+            config_path: path,
             _dir: dir,
         }
+    }
+
+    /// Rewrites the configuration file, sends SIGHUP and waits for the verdict; returns the
+    /// log line that accepted (`reloaded: ...`) or rejected (`reload rejected: ...`) it.
+    pub fn reload(&self, config_text: &str) -> String {
+        let verdict =
+            |l: &str| l.contains("reloaded: listening on") || l.contains("reload rejected");
+        let before = self.log.count(verdict);
+        std::fs::write(&self.config_path, config_text).expect("rewrite config");
+        self.proc.signal("HUP");
+        self.log.wait_for(before + 1, verdict);
+        self.log
+            .snapshot()
+            .into_iter()
+            .filter(|l| verdict(l))
+            .nth(before)
+            .expect("verdict line")
     }
 
     /// Waits until the balancer has logged `count` finished connections to backend `name`.
