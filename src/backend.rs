@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -40,14 +41,31 @@ struct Live {
     /// Mirrors `health.is_up()` so the pick path reads one atomic instead of a lock.
     up: AtomicBool,
     /// Written by checks and by the relay's failed connects, never on the pick path.
-    health: Mutex<Health>,
+    health: Mutex<HealthState>,
     /// The last fresh load reading as f32 bits; NaN when unknown or stale.
     load_bits: AtomicU32,
+    /// When the last good load reading arrived (for the status page).
+    load_at: Mutex<Option<Instant>>,
     /// Connections sent here since the last load reading.
     recent: AtomicU64,
     /// Woken when a connection to any backend of the balancer ends, for clients queued
     /// because every backend was at its `max_connections`.
     released: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct HealthState {
+    machine: Health,
+    last_check: Option<LastCheck>,
+}
+
+/// The most recent check result, for people and monitoring.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastCheck {
+    pub at: Instant,
+    pub ok: bool,
+    /// Why it failed; empty when it passed.
+    pub detail: String,
 }
 
 impl Backend {
@@ -56,8 +74,12 @@ impl Backend {
         let live = Live {
             stats: Stats::default(),
             up: AtomicBool::new(true),
-            health: Mutex::new(Health::new(health.rise, health.fall)),
+            health: Mutex::new(HealthState {
+                machine: Health::new(health.rise, health.fall),
+                last_check: None,
+            }),
             load_bits: AtomicU32::new(f32::NAN.to_bits()),
+            load_at: Mutex::new(None),
             recent: AtomicU64::new(0),
             released,
         };
@@ -74,10 +96,10 @@ impl Backend {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let mut renewed = Health::new(health.rise, health.fall);
-            if !state.is_up() {
+            if !state.machine.is_up() {
                 renewed.observe_down();
             }
-            *state = renewed;
+            state.machine = renewed;
         }
         Backend::with_live(config, Arc::clone(&self.live))
     }
@@ -129,10 +151,15 @@ impl Backend {
             .health
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !health.observe(ok) {
+        health.last_check = Some(LastCheck {
+            at: Instant::now(),
+            ok,
+            detail: reason.to_string(),
+        });
+        if !health.machine.observe(ok) {
             return;
         }
-        let up = health.is_up();
+        let up = health.machine.is_up();
         self.live.up.store(up, Ordering::Relaxed);
         if up {
             info!("backend {} ({}) is up", self.name, self.addr);
@@ -155,7 +182,32 @@ impl Backend {
             .store(load.unwrap_or(f32::NAN).to_bits(), Ordering::Relaxed);
         if load.is_some() {
             self.live.recent.store(0, Ordering::Relaxed);
+            *self
+                .live
+                .load_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
+    }
+
+    /// How old the last good load reading is, if there ever was one.
+    pub fn load_age(&self) -> Option<std::time::Duration> {
+        let at = *self
+            .live
+            .load_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        at.map(|t| t.elapsed())
+    }
+
+    /// The most recent check result (active probe, load poll or failed relay connect).
+    pub fn last_check(&self) -> Option<LastCheck> {
+        let state = self
+            .live
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.last_check.clone()
     }
 
     /// Counts a new connection as active until the guard is dropped.

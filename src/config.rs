@@ -50,6 +50,21 @@ pub struct Config {
     pub limits: Limits,
     pub health: HealthConfig,
     pub load_poll: LoadPollConfig,
+    /// Where the admin listener (status page, metrics, runtime API) binds; off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// When set, admin requests must carry `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// The level of the one-line-per-connection access log.
+    pub access_log: AccessLog,
+}
+
+/// Level of the access log; `Off` silences it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum AccessLog {
+    Off,
+    Debug,
+    #[default]
+    Info,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +252,10 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     load_poll: RawLoadPoll,
+    admin: Option<Addr>,
+    admin_token: Option<String>,
+    #[serde(default)]
+    access_log: AccessLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -472,6 +491,19 @@ impl Config {
             limits,
             health,
             load_poll,
+            admin: raw.admin.map(|a| a.0),
+            admin_token: match raw.admin_token {
+                Some(token)
+                    if token.trim().is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    return Err(invalid(
+                        locate(text, "admin_token", 0),
+                        "admin_token must be non-empty printable ASCII without spaces".into(),
+                    ));
+                }
+                other => other,
+            },
+            access_log: raw.access_log,
         })
     }
 
@@ -520,6 +552,18 @@ impl Config {
                 self.load_poll.interval, self.load_poll.timeout
             ));
         }
+        let admin = self.admin.map_or("off".to_string(), |a| {
+            let auth = if self.admin_token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            };
+            format!("http://{a}/{auth}")
+        });
+        out.push_str(&format!(
+            "admin      {admin}\naccess log {:?}\n",
+            self.access_log
+        ));
         out
     }
 }

@@ -4,11 +4,12 @@
 //! connections while established ones continue. On shutdown the listener closes at once and
 //! open connections get a bounded grace period to finish.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, ConnectionGuard};
-use crate::config::Config;
+use crate::config::{AccessLog, Config};
 use crate::monitor;
 use crate::relay;
 use crate::selection::{Candidate, Candidates, Selector};
@@ -39,11 +40,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot for `config`. Backends of `previous` with the same name and
     /// address keep their counters, health and load.
-    fn new(config: Config, previous: Option<&Snapshot>, released: &Arc<Notify>) -> Snapshot {
+    fn new(
+        config: Config,
+        previous: Option<&Snapshot>,
+        released: &Arc<Notify>,
+        weights: &HashMap<String, u32>,
+    ) -> Snapshot {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|b| {
+                let mut b = b.clone();
+                if let Some(&weight) = weights.get(&b.name) {
+                    b.weight = weight;
+                }
+                let b = &b;
                 let same = previous.and_then(|p| {
                     p.backends
                         .iter()
@@ -106,19 +117,43 @@ impl Candidates for LiveView<'_> {
 #[derive(Debug)]
 pub struct Balancer {
     snapshot: ArcSwap<Snapshot>,
+    /// The configuration as read from the file, before runtime weight changes.
+    file_config: Mutex<Config>,
+    /// Runtime weight changes by backend name (0 = drained); cleared by a reload.
+    weights: Mutex<HashMap<String, u32>>,
     /// Woken whenever a connection to a backend with a connection limit ends.
     released: Arc<Notify>,
     /// Clients waiting for a backend with room.
     queued: AtomicUsize,
+    pub started: Instant,
+    pub totals: Totals,
 }
+
+/// Balancer-wide counters.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Client connections accepted.
+    pub accepted: AtomicU64,
+    /// Clients closed because no backend could take them.
+    pub no_backend: AtomicU64,
+}
+
+/// A runtime change named a backend the configuration does not have.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
 
 impl Balancer {
     pub fn new(config: Config) -> Balancer {
         let released = Arc::new(Notify::new());
+        let snapshot = Snapshot::new(config.clone(), None, &released, &HashMap::new());
         Balancer {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config, None, &released)),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            file_config: Mutex::new(config),
+            weights: Mutex::new(HashMap::new()),
             released,
             queued: AtomicUsize::new(0),
+            started: Instant::now(),
+            totals: Totals::default(),
         }
     }
 
@@ -126,10 +161,50 @@ impl Balancer {
         self.snapshot.load_full()
     }
 
-    /// Swaps in `config` for new connections; returns the new snapshot.
+    /// Swaps in `config` (read from the file) for new connections, dropping runtime weight
+    /// changes; returns the new snapshot.
     pub fn reload(&self, config: Config) -> Arc<Snapshot> {
+        let mut weights = self.weights.lock().unwrap_or_else(PoisonError::into_inner);
+        weights.clear();
+        *self
+            .file_config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = config.clone();
+        self.swap(config, &weights)
+    }
+
+    /// Sets a backend's weight at runtime (0 drains it), or with `None` returns it to its
+    /// configured weight. Effective for new connections at once.
+    pub fn set_weight(&self, name: &str, weight: Option<u32>) -> Result<(), UnknownBackend> {
+        let mut weights = self.weights.lock().unwrap_or_else(PoisonError::into_inner);
+        let config = self
+            .file_config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if !config.backends.iter().any(|b| b.name == name) {
+            return Err(UnknownBackend(name.to_string()));
+        }
+        match weight {
+            Some(w) => weights.insert(name.to_string(), w),
+            None => weights.remove(name),
+        };
+        self.swap(config, &weights);
+        info!(
+            "backend {name}: weight set to {} at runtime",
+            weight.map_or("its configured value".to_string(), |w| w.to_string())
+        );
+        Ok(())
+    }
+
+    fn swap(&self, config: Config, weights: &HashMap<String, u32>) -> Arc<Snapshot> {
         let current = self.snapshot();
-        let next = Arc::new(Snapshot::new(config, Some(&current), &self.released));
+        let next = Arc::new(Snapshot::new(
+            config,
+            Some(&current),
+            &self.released,
+            weights,
+        ));
         self.snapshot.store(Arc::clone(&next));
         next
     }
@@ -238,6 +313,7 @@ pub async fn run_with_reloads(
             }
             Event::Accepted(permit, Ok((client, peer))) => {
                 accept_backoff.reset();
+                balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
                 let balancer = Arc::clone(&balancer);
                 let cut_off = cut_off.clone();
                 tracker.spawn(async move {
@@ -414,7 +490,16 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let snapshot = balancer.snapshot();
+    let access_log = snapshot.config.access_log;
     let Some((guard, upstream)) = connect_backend(peer, &snapshot, &balancer).await else {
+        balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
+        access(
+            access_log,
+            format_args!(
+                "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, no backend",
+                started.elapsed().as_millis()
+            ),
+        );
         return;
     };
     let backend = Arc::clone(guard.backend());
@@ -435,14 +520,28 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
     stats
         .bytes_to_client
         .fetch_add(moved.backend_to_client, Ordering::Relaxed);
-    debug!(
-        "{peer} -> {} ({}): {} bytes up, {} bytes down, {:?}, {end}",
-        backend.name,
-        backend.addr,
-        moved.client_to_backend,
-        moved.backend_to_client,
-        started.elapsed()
+    access(
+        access_log,
+        format_args!(
+            "{peer} -> {} ({}): {} bytes up, {} bytes down, {} ms, {end}",
+            backend.name,
+            backend.addr,
+            moved.client_to_backend,
+            moved.backend_to_client,
+            started.elapsed().as_millis()
+        ),
     );
+}
+
+/// One access-log line per finished connection, like HAProxy's `tcplog`, under the log
+/// target `ballast::access` so it can be filtered on its own.
+fn access(level: AccessLog, line: std::fmt::Arguments<'_>) {
+    let level = match level {
+        AccessLog::Off => return,
+        AccessLog::Debug => log::Level::Debug,
+        AccessLog::Info => log::Level::Info,
+    };
+    log::log!(target: "ballast::access", level, "{line}");
 }
 
 async fn connect(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
