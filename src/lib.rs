@@ -15,10 +15,13 @@
 //! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
 //! - [`server`]: the accept loop: pick a backend, connect (with failover), relay; stops on
 //!   shutdown and drains with a bounded grace period.
+//! - [`admin`]: the admin listener: status page, Prometheus metrics, JSON status and the
+//!   runtime API (drain, enable, weight).
 //! - [`http`]: the minimal HTTP/1.1 code shared by the demo backend (no framework).
 //! - [`demo`]: the demo backend served by the `ballast-backend` binary.
 //! - [`cli`]: command-line parsing for the `ballast` binary.
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;

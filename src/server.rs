@@ -19,6 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::{AccessLog, Config};
 use crate::monitor;
@@ -258,6 +259,11 @@ pub async fn run_with_reloads(
     let mut stop_monitors = CancellationToken::new();
     let first = balancer.snapshot();
     monitor::spawn(&first.backends, &first.config, &background, &stop_monitors);
+    let stop_admin = CancellationToken::new();
+    let mut admin_stop = stop_admin.child_token();
+    if let Some(addr) = first.config.admin {
+        admin_stop = start_admin(addr, &balancer, &background, &stop_admin)?;
+    }
     drop(first);
     let tracker = TaskTracker::new();
     let cut_off = CancellationToken::new();
@@ -298,6 +304,24 @@ pub async fn run_with_reloads(
                         }
                     }
                 }
+                if config.admin != current.config.admin {
+                    let next_admin = match config.admin {
+                        Some(addr) => {
+                            match start_admin(addr, &balancer, &background, &stop_admin) {
+                                Ok(token) => token,
+                                Err(e) => {
+                                    error!(
+                                        "reload rejected: {e}; keeping the running configuration"
+                                    );
+                                    continue;
+                                }
+                            }
+                        }
+                        None => stop_admin.child_token(),
+                    };
+                    admin_stop.cancel();
+                    admin_stop = next_admin;
+                }
                 if config.limits.max_connections != current.config.limits.max_connections {
                     slots = Arc::new(Semaphore::new(config.limits.max_connections));
                 }
@@ -329,6 +353,7 @@ pub async fn run_with_reloads(
     }
     drop(listener);
     stop_monitors.cancel();
+    stop_admin.cancel();
     background.close();
     tracker.close();
     let grace = balancer.snapshot().config.timeouts.grace;
@@ -349,6 +374,28 @@ pub async fn run_with_reloads(
     background.wait().await;
     info!("stopped");
     Ok(())
+}
+
+/// Binds the admin listener and serves it until the returned token (a child of `parent`) is
+/// cancelled.
+fn start_admin(
+    addr: SocketAddr,
+    balancer: &Arc<Balancer>,
+    background: &TaskTracker,
+    parent: &CancellationToken,
+) -> io::Result<CancellationToken> {
+    let listener = bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
+    let local = listener.local_addr()?;
+    let stop = parent.child_token();
+    let (balancer, token) = (Arc::clone(balancer), stop.clone());
+    background.spawn(async move {
+        if let Err(e) = admin::serve(listener, balancer, token).await {
+            error!("admin listener on {local} stopped: {e}");
+        }
+    });
+    info!("admin listening on http://{local}/");
+    Ok(stop)
 }
 
 fn log_config(what: &str, local: SocketAddr, config: &Config) {
