@@ -175,19 +175,26 @@ impl Backend {
     }
 
     /// Publishes a new reading (or forgets a stale one) and restarts the count of connections
-    /// sent since the last reading.
+    /// sent since the last poll.
     pub fn set_load(&self, load: Option<f32>) {
         self.live
             .load_bits
             .store(load.unwrap_or(f32::NAN).to_bits(), Ordering::Relaxed);
+        self.restart_recent();
         if load.is_some() {
-            self.live.recent.store(0, Ordering::Relaxed);
             *self
                 .live
                 .load_at
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
+    }
+
+    /// Restarts the count of connections sent since the last poll. Every poll does this,
+    /// failed or not, so a backend that never reports is compared by the connections of one
+    /// poll period like the others, instead of by everything it received since start-up.
+    pub fn restart_recent(&self) {
+        self.live.recent.store(0, Ordering::Relaxed);
     }
 
     /// How old the last good load reading is, if there ever was one.

@@ -384,7 +384,7 @@ impl Config {
 
         if raw.backends.is_empty() {
             return Err(invalid(
-                locate(text, "backends", 0),
+                locate(text, "backends:", 0),
                 "no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")"
                     .into(),
             ));
@@ -617,11 +617,29 @@ fn check_path(path: &str) -> Result<(), String> {
 fn describe_ron_error(code: &ron::Error) -> String {
     match code {
         ron::Error::NoSuchEnumVariant {
-            expected, found, ..
-        } => format!(
-            "unknown algorithm `{found}`: expected one of {}",
-            expected.join(", ")
-        ),
+            expected,
+            found,
+            outer,
+        } => {
+            let what = match outer.as_deref() {
+                Some("Algorithm") => "algorithm",
+                Some("Check") => "health check",
+                Some("AccessLog") => "access_log level",
+                _ => "variant",
+            };
+            format!(
+                "unknown {what} `{found}`: expected one of {}",
+                expected.join(", ")
+            )
+        }
+        ron::Error::MissingStructField { field, outer } => {
+            let place = match outer.as_deref() {
+                Some("RawBackend") => " in a backend entry",
+                Some("RawConfig") => "",
+                _ => " in this section",
+            };
+            format!("missing field `{field}`{place}")
+        }
         ron::Error::NoSuchStructField {
             expected, found, ..
         } => format!(
@@ -762,6 +780,25 @@ mod tests {
         let text = GOOD.replace("backends:", "timeouts: (connect: \"soon\"),\n    backends:");
         let e = parse(&text).expect_err("invalid");
         assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_check_and_missing_field_speak_of_the_file() {
+        let text = GOOD.replace("weight: 5)", "weight: 5, check: Https(\"/\"))");
+        let e = parse(&text).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .contains("unknown health check `Https`: expected one of Tcp, Http"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("addr: \"127.0.0.1:8082\", ", "")).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .ends_with("missing field `addr` in a backend entry"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("listen: \"127.0.0.1:8080\",", "")).expect_err("invalid");
+        assert!(e.to_string().ends_with("missing field `listen`"), "{e}");
     }
 
     #[test]

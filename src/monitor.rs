@@ -98,6 +98,8 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
                 healthy_readings = Some(false);
                 if last_good.is_none_or(|t| t.elapsed() >= poll.stale_after()) {
                     backend.set_load(None);
+                } else {
+                    backend.restart_recent();
                 }
             }
         }
