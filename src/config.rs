@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::relay::Splice;
+
 /// The highest weight a backend may have. It bounds the smooth weighted round robin schedule
 /// (sum of weights entries) and matches HAProxy's range.
 pub const MAX_WEIGHT: u32 = 256;
@@ -48,6 +50,7 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub relay: RelayConfig,
     pub health: HealthConfig,
     pub load_poll: LoadPollConfig,
     /// Where the admin listener (status page, metrics, runtime API) binds; off when `None`.
@@ -65,6 +68,23 @@ pub enum AccessLog {
     Debug,
     #[default]
     Info,
+}
+
+/// How bytes are moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub splice: Splice,
+    /// Pipes (two descriptors each) that splicing may use at once; beyond it, copy.
+    pub max_pipes: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            splice: Splice::Auto,
+            max_pipes: 1024,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +269,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
     health: RawHealth,
     #[serde(default)]
     load_poll: RawLoadPoll,
@@ -256,6 +278,13 @@ struct RawConfig {
     admin_token: Option<String>,
     #[serde(default)]
     access_log: AccessLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    splice: Option<Splice>,
+    max_pipes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -489,6 +518,13 @@ impl Config {
             backends,
             timeouts,
             limits,
+            relay: RelayConfig {
+                splice: raw.relay.splice.unwrap_or_default(),
+                max_pipes: raw
+                    .relay
+                    .max_pipes
+                    .unwrap_or(RelayConfig::default().max_pipes),
+            },
             health,
             load_poll,
             admin: raw.admin.map(|a| a.0),
@@ -535,6 +571,10 @@ impl Config {
         out.push_str(&format!(
             "timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}\n",
             t.connect, t.idle, t.half_close, t.grace
+        ));
+        out.push_str(&format!(
+            "relay      splice {:?}, up to {} pipes\n",
+            self.relay.splice, self.relay.max_pipes
         ));
         let l = &self.limits;
         out.push_str(&format!(
@@ -625,6 +665,7 @@ fn describe_ron_error(code: &ron::Error) -> String {
                 Some("Algorithm") => "algorithm",
                 Some("Check") => "health check",
                 Some("AccessLog") => "access_log level",
+                Some("Splice") => "splice mode",
                 _ => "variant",
             };
             format!(

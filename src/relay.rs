@@ -12,18 +12,30 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Copy buffer per direction.
-const BUFFER_SIZE: usize = 16 * 1024;
-
-/// Time limits of one relay.
+/// Time limits and copy strategy of one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub idle: Duration,
     pub half_close: Duration,
+    pub splice: Splice,
+}
+
+/// When a direction moves its bytes with `splice(2)` through a pipe instead of copying them
+/// through user space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum Splice {
+    /// Never: always copy.
+    Off,
+    /// Once a direction shows bulk traffic (a read fills a whole buffer), like HAProxy's
+    /// `splice-auto`. Small request/response traffic keeps the cheaper plain copy.
+    #[default]
+    Auto,
+    /// From the first byte.
+    Always,
 }
 
 /// Bytes moved by a relay.
@@ -79,29 +91,25 @@ impl fmt::Display for End {
 
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
 /// expires, or either side fails. Returns what was moved and how it ended.
-pub async fn relay(
-    mut client: TcpStream,
-    mut backend: TcpStream,
-    limits: Limits,
-) -> (Transferred, End) {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut backend_read, mut backend_write) = backend.split();
+pub async fn relay(client: TcpStream, backend: TcpStream, limits: Limits) -> (Transferred, End) {
     let clock = Activity::new();
     let up_bytes = AtomicU64::new(0);
     let down_bytes = AtomicU64::new(0);
-    let upstream = copy_then_shutdown(
-        &mut client_read,
-        &mut backend_write,
+    let upstream = pump(
+        &client,
+        &backend,
         [Side::Client, Side::Backend],
         &up_bytes,
         &clock,
+        limits.splice,
     );
-    let downstream = copy_then_shutdown(
-        &mut backend_read,
-        &mut client_write,
+    let downstream = pump(
+        &backend,
+        &client,
         [Side::Backend, Side::Client],
         &down_bytes,
         &clock,
+        limits.splice,
     );
     tokio::pin!(upstream, downstream);
     let mut first_closed: Option<(Side, Instant)> = None;
@@ -181,49 +189,268 @@ impl Activity {
     }
 }
 
-/// Copies until EOF, then shuts down `to`'s write side so its peer sees the EOF. `sides`
-/// names the peers of `from` and `to`, so an error says whose socket failed.
-async fn copy_then_shutdown<R, W>(
-    from: &mut R,
-    to: &mut W,
+/// Moves bytes from `from` to `to` until EOF, then shuts down `to`'s write side so its peer
+/// sees the EOF. `sides` names the owners of `from` and `to`, so an error says whose socket
+/// failed.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
     sides: [Side; 2],
     moved: &AtomicU64,
     clock: &Activity,
-) -> Result<(), End>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+    splice: Splice,
+) -> Result<(), End> {
     let [from_side, to_side] = sides;
-    let mut buf = vec![0u8; BUFFER_SIZE];
+    let read_error = |error| End::Error {
+        side: from_side,
+        error,
+    };
+    let write_error = |error| End::Error {
+        side: to_side,
+        error,
+    };
+    let mut bulk = splice == Splice::Always;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(error) => {
-                return Err(End::Error {
-                    side: from_side,
-                    error,
-                });
+        let step = if bulk && splice != Splice::Off {
+            match zero_copy::Pipe::take() {
+                Some(pipe) => splice_step(from, to, pipe, moved, clock).await,
+                // No pipe to be had (limit reached, or out of descriptors): copy instead.
+                None => copy_step(from, to, moved, clock).await,
             }
+        } else {
+            copy_step(from, to, moved, clock).await
         };
-        clock.touch();
-        if let Err(error) = to.write_all(&buf[..n]).await {
-            return Err(End::Error {
-                side: to_side,
-                error,
-            });
+        match step {
+            Ok(Step::Eof) => break,
+            Ok(Step::Moved { filled_buffer }) => bulk |= filled_buffer,
+            Err(StepError::Read(e)) => return Err(read_error(e)),
+            Err(StepError::Write(e)) => return Err(write_error(e)),
         }
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        clock.touch();
     }
-    match to.shutdown().await {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
         // The peer may already be gone; what we owed it was delivered.
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        Err(error) => Err(End::Error {
-            side: to_side,
-            error,
-        }),
+        Err(e) => Err(write_error(e)),
+    }
+}
+
+enum Step {
+    Eof,
+    /// Bytes were moved; `filled_buffer` says the source had more than one buffer's worth.
+    Moved {
+        filled_buffer: bool,
+    },
+}
+
+enum StepError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Waits for `from` to be readable, then copies what is there through a pooled buffer.
+/// No buffer is held while the source is idle; one is kept only while the destination
+/// cannot take the data yet.
+async fn copy_step(
+    from: &TcpStream,
+    to: &TcpStream,
+    moved: &AtomicU64,
+    clock: &Activity,
+) -> Result<Step, StepError> {
+    from.readable().await.map_err(StepError::Read)?;
+    let mut buf = pool::take();
+    let n = match from.try_read(&mut buf) {
+        Ok(0) => {
+            pool::give(buf);
+            return Ok(Step::Eof);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pool::give(buf);
+            return Ok(Step::Moved {
+                filled_buffer: false,
+            });
+        }
+        Err(e) => return Err(StepError::Read(e)),
+    };
+    clock.touch();
+    let mut sent = 0;
+    while sent < n {
+        match to.try_write(&buf[sent..n]) {
+            Ok(k) => sent += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                to.writable().await.map_err(StepError::Write)?;
+            }
+            Err(e) => return Err(StepError::Write(e)),
+        }
+    }
+    let filled_buffer = n == buf.len();
+    pool::give(buf);
+    moved.fetch_add(n as u64, Ordering::Relaxed);
+    clock.touch();
+    Ok(Step::Moved { filled_buffer })
+}
+
+/// Waits for `from` to be readable, then splices what is there into `pipe` and from the
+/// pipe to `to`, without the bytes passing through user space. The pipe goes back to the
+/// pool only when empty.
+async fn splice_step(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: zero_copy::Pipe,
+    moved: &AtomicU64,
+    clock: &Activity,
+) -> Result<Step, StepError> {
+    from.readable().await.map_err(StepError::Read)?;
+    // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read (a full
+    // pipe would also answer EAGAIN, which is why we never splice into a non-empty one).
+    let n = match from.try_io(Interest::READABLE, || pipe.fill_from(from)) {
+        Ok(0) => {
+            pipe.give_back();
+            return Ok(Step::Eof);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pipe.give_back();
+            return Ok(Step::Moved {
+                filled_buffer: true,
+            });
+        }
+        Err(e) => return Err(StepError::Read(e)),
+    };
+    clock.touch();
+    let mut left = n;
+    while left > 0 {
+        match to.try_io(Interest::WRITABLE, || pipe.drain_to(to, left)) {
+            Ok(k) => left -= k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                to.writable().await.map_err(StepError::Write)?;
+            }
+            Err(e) => return Err(StepError::Write(e)),
+        }
+    }
+    pipe.give_back();
+    moved.fetch_add(n as u64, Ordering::Relaxed);
+    clock.touch();
+    Ok(Step::Moved {
+        filled_buffer: true,
+    })
+}
+
+/// Pipes for `splice(2)`, pooled per thread and bounded in number across the process, like
+/// HAProxy's `maxpipes`: each costs two descriptors and kernel memory.
+pub mod zero_copy {
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use nix::fcntl::{OFlag, SpliceFFlags, splice};
+
+    /// Bytes moved per splice call: the default pipe capacity.
+    const CHUNK: usize = 64 * 1024;
+    /// Empty pipes kept per thread for reuse.
+    const KEPT: usize = 32;
+
+    /// Pipes in existence (in use or pooled).
+    static PIPES: AtomicUsize = AtomicUsize::new(0);
+    /// The most pipes that may exist at once; 0 disables splicing.
+    static MAX_PIPES: AtomicUsize = AtomicUsize::new(1024);
+
+    thread_local! {
+        static FREE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Sets the process-wide limit on pipes.
+    pub fn set_max_pipes(max: usize) {
+        MAX_PIPES.store(max, Ordering::Relaxed);
+    }
+
+    /// Pipes that exist now, pooled or in use.
+    pub fn pipes() -> usize {
+        PIPES.load(Ordering::Relaxed)
+    }
+
+    pub struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    impl Pipe {
+        /// An empty pipe from the pool, or a new one while under the limit.
+        pub fn take() -> Option<Pipe> {
+            if let Some(pipe) = FREE.with(|free| free.borrow_mut().pop()) {
+                return Some(pipe);
+            }
+            let max = MAX_PIPES.load(Ordering::Relaxed);
+            if PIPES.fetch_add(1, Ordering::Relaxed) >= max {
+                PIPES.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+                Ok((read, write)) => Some(Pipe { read, write }),
+                Err(_) => {
+                    PIPES.fetch_sub(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        }
+
+        /// Returns an empty pipe to the pool.
+        pub fn give_back(self) {
+            FREE.with(|free| {
+                let mut free = free.borrow_mut();
+                if free.len() < KEPT {
+                    free.push(self);
+                }
+            });
+        }
+
+        /// Splices up to one chunk from `socket` into the pipe.
+        pub fn fill_from(&self, socket: impl AsFd) -> io::Result<usize> {
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            splice(socket, None, &self.write, None, CHUNK, flags).map_err(io::Error::from)
+        }
+
+        /// Splices up to `len` bytes from the pipe into `socket`.
+        pub fn drain_to(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            splice(&self.read, None, socket, None, len, flags).map_err(io::Error::from)
+        }
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copy buffers shared by all relays on a thread: a connection holds one only while bytes
+/// are in flight, so idle connections cost no buffer memory at all.
+mod pool {
+    use std::cell::RefCell;
+
+    /// Bytes per buffer: large enough that bulk transfers take few system calls.
+    pub const BUFFER_SIZE: usize = 32 * 1024;
+    /// Buffers kept for reuse per thread; beyond this they are freed.
+    const KEPT: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Box<[u8]> {
+        FREE.with(|free| free.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+    }
+
+    pub fn give(buf: Box<[u8]>) {
+        FREE.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEPT {
+                free.push(buf);
+            }
+        });
     }
 }

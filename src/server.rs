@@ -254,6 +254,7 @@ pub async fn run_with_reloads(
 ) -> io::Result<()> {
     log_config("listening on", listener.local_addr()?, &config);
     let mut slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    relay::zero_copy::set_max_pipes(config.relay.max_pipes);
     let balancer = Arc::new(Balancer::new(config));
     let background = TaskTracker::new();
     let mut stop_monitors = CancellationToken::new();
@@ -325,6 +326,7 @@ pub async fn run_with_reloads(
                 if config.limits.max_connections != current.config.limits.max_connections {
                     slots = Arc::new(Semaphore::new(config.limits.max_connections));
                 }
+                relay::zero_copy::set_max_pipes(config.relay.max_pipes);
                 let next = balancer.reload(config);
                 stop_monitors.cancel();
                 stop_monitors = CancellationToken::new();
@@ -555,6 +557,7 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
     let limits = relay::Limits {
         idle: timeouts.idle,
         half_close: timeouts.half_close,
+        splice: snapshot.config.relay.splice,
     };
     drop(snapshot);
     let (moved, end) = relay::relay(client, upstream, limits).await;

@@ -217,33 +217,6 @@ async fn backend_half_close_still_receives_the_client() {
     assert_eq!(within(rx).await.expect("backend result"), b"still here");
 }
 
-/// Sends `data` through the balancer to an echo backend and returns what comes back.
-async fn echo_through(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
-    let s = connect(addr).await;
-    let (mut r, mut w) = s.into_split();
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await.expect("write");
-        w.shutdown().await.expect("shutdown");
-    });
-    let mut back = Vec::new();
-    within(r.read_to_end(&mut back)).await.expect("read");
-    within(writer).await.expect("writer");
-    back
-}
-
-/// Deterministic bytes that are not a short repeating pattern.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_mib_arrive_byte_exact() {
     let b = Balancer::start(&config("RoundRobin", &[("echo", echo_backend().await, 1)]));

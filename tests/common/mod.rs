@@ -399,3 +399,30 @@ pub fn tally(names: &[String]) -> std::collections::BTreeMap<String, usize> {
     }
     counts
 }
+
+/// Sends `data` through the balancer to an echo backend and returns what comes back.
+pub async fn echo_through(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let s = connect(addr).await;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    });
+    let mut back = Vec::new();
+    within(r.read_to_end(&mut back)).await.expect("read");
+    within(writer).await.expect("writer");
+    back
+}
+
+/// Deterministic bytes that are not a short repeating pattern.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

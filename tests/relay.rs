@@ -1,0 +1,114 @@
+//! The relay's copy strategies end to end: plain copy, `splice(2)` from the first byte, the
+//! automatic switch on bulk traffic, and the fallback to copying when no pipe may be had.
+//! Each must deliver every byte exactly and keep half-close.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn balancer_with(relay: &str) -> Balancer {
+    Balancer::start(&config_with(
+        "RoundRobin",
+        &[("echo", echo_backend().await, 1)],
+        &format!("relay: ({relay}),"),
+    ))
+}
+
+/// Small, medium and large transfers through one balancer, each checked byte for byte.
+async fn exact_echoes(b: &Balancer) {
+    for (len, seed) in [(1, 1), (100, 2), (70_000, 3), (5 * 1024 * 1024, 4)] {
+        let data = pattern(len, seed);
+        let back = echo_through(b.addr, data.clone()).await;
+        assert_eq!(back.len(), len);
+        assert!(back == data, "{len} bytes came back altered");
+    }
+}
+
+/// Many short request/response rounds on one connection: small writes through the relay.
+async fn ping_pong(b: &Balancer) {
+    let mut s = connect(b.addr).await;
+    for round in 0..200u32 {
+        let msg = round.to_be_bytes();
+        within(s.write_all(&msg)).await.expect("write");
+        let mut back = [0u8; 4];
+        within(s.read_exact(&mut back)).await.expect("read");
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_always_small_and_large() {
+    let b = balancer_with("splice: Always").await;
+    exact_echoes(&b).await;
+    ping_pong(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_auto_small_and_large() {
+    let b = balancer_with("splice: Auto").await;
+    exact_echoes(&b).await;
+    ping_pong(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_only_small_and_large() {
+    let b = balancer_with("splice: Off").await;
+    exact_echoes(&b).await;
+    ping_pong(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pipes_left_falls_back_to_copying() {
+    let b = balancer_with("splice: Always, max_pipes: 0").await;
+    exact_echoes(&b).await;
+    ping_pong(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipes_shared_by_more_connections_than_exist() {
+    // Two pipes for 50 concurrent bulk connections: some splice, the rest copy, all exact.
+    let b = balancer_with("splice: Always, max_pipes: 2").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50u64 {
+        let addr = b.addr;
+        tasks.spawn(async move {
+            let data = pattern(256 * 1024, i);
+            echo_through(addr, data.clone()).await == data
+        });
+    }
+    while let Some(same) = tasks.join_next().await {
+        assert!(same.expect("task"), "a connection came back altered");
+    }
+}
+
+#[tokio::test]
+async fn splice_keeps_half_close() {
+    // The backend answers only after EOF from the client.
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                if s.read_to_end(&mut request).await.is_ok() {
+                    let reply = format!("got {} bytes", request.len());
+                    let _ = s.write_all(reply.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let b = Balancer::start(&config_with(
+        "RoundRobin",
+        &[("a", addr, 1)],
+        "relay: (splice: Always),",
+    ));
+    let mut s = connect(b.addr).await;
+    within(s.write_all(&pattern(300_000, 9)))
+        .await
+        .expect("write");
+    within(s.shutdown()).await.expect("half-close");
+    let mut reply = String::new();
+    within(s.read_to_string(&mut reply)).await.expect("read");
+    assert_eq!(reply, "got 300000 bytes");
+}
