@@ -270,37 +270,44 @@ start_watchdog() {
     WATCHDOG_PID=$!
 }
 
-# Stops everything this script started: SIGTERM to all, a bounded wait, then SIGKILL.
-# A second Ctrl-C or SIGTERM during the wait sends SIGKILL at once.
+# Sends SIGTERM to the given processes that are still alive, waits for them (bounded by
+# STOP_TIMEOUT), then SIGKILLs what is left. A second Ctrl-C or SIGTERM forces SIGKILL.
 FORCE=0
+stop_pids() {
+    local pid deadline left
+    local pids=()
+    for pid in "$@"; do
+        if [[ -n $pid ]] && alive "$pid"; then pids+=("$pid"); fi
+    done
+    ((${#pids[@]} > 0)) || return 0
+    note "stopping ${#pids[@]} process(es)"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while :; do
+        left=()
+        for pid in "${pids[@]}"; do
+            if alive "$pid"; then left+=("$pid"); fi
+        done
+        ((${#left[@]} > 0)) || break
+        if ((FORCE || SECONDS >= deadline)); then
+            note "sending SIGKILL to ${left[*]}"
+            kill -KILL "${left[@]}" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    wait "${pids[@]}" 2>/dev/null || true
+}
+
+# Stops everything this script started: the balancer first, so that its drain lets
+# requests in flight finish on backends that are still up, then the backends.
 cleanup() {
-    local status=$? pid deadline left
+    local status=$?
     trap - EXIT
     trap 'FORCE=1' INT TERM HUP
     if [[ -n ${SLEEP_PID:-} ]]; then kill "$SLEEP_PID" 2>/dev/null || true; fi
-    local pids=()
-    for pid in ${BALANCER_PID:-} ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}; do
-        if [[ -n $pid ]] && alive "$pid"; then pids+=("$pid"); fi
-    done
-    if ((${#pids[@]} > 0)); then
-        note "stopping ${#pids[@]} process(es)"
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        deadline=$((SECONDS + STOP_TIMEOUT))
-        while :; do
-            left=()
-            for pid in "${pids[@]}"; do
-                if alive "$pid"; then left+=("$pid"); fi
-            done
-            ((${#left[@]} > 0)) || break
-            if ((FORCE || SECONDS >= deadline)); then
-                note "sending SIGKILL to ${left[*]}"
-                kill -KILL "${left[@]}" 2>/dev/null || true
-                break
-            fi
-            sleep 0.1
-        done
-        wait "${pids[@]}" 2>/dev/null || true
-    fi
+    stop_pids "${BALANCER_PID:-}"
+    stop_pids ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}
     if ((BALANCER_READY)); then flush_balancer_log; fi
     if [[ -n ${WATCHDOG_PID:-} ]]; then
         printf 'done\n' >&9 || true
@@ -410,7 +417,7 @@ start_watchdog
 # would hide info messages.
 export RUST_LOG=${RUST_LOG:-info}
 case $RUST_LOG in
-*info* | *debug* | *trace*) ;;
+*ballast::server*) ;;
 *) RUST_LOG=$RUST_LOG,ballast::server=info ;;
 esac
 

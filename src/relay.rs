@@ -137,31 +137,48 @@ pub async fn relay(client: TcpStream, backend: TcpStream, limits: Limits) -> (Tr
             }
             () = &mut timer => {
                 let now = Instant::now();
-                let idle_deadline = clock.last() + limits.idle;
-                let half_close_deadline = first_closed.map(|(_, at)| at + limits.half_close);
-                if let Some((closed, _)) = first_closed.filter(|_| half_close_deadline.is_some_and(|d| d <= now)) {
-                    break End::HalfCloseTimeout { closed };
+                match first_closed {
+                    Some((closed, at)) => {
+                        if half_close_deadline(at, &clock, limits) <= now {
+                            break End::HalfCloseTimeout { closed };
+                        }
+                    }
+                    None => {
+                        if clock.last() + limits.idle <= now {
+                            break End::Idle;
+                        }
+                    }
                 }
-                if idle_deadline <= now {
-                    break End::Idle;
-                }
-                let next = half_close_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
-                timer.as_mut().reset(next);
             }
         }
-        // A direction just finished: the half-close clock may now fire before the idle one.
-        if let Some((_, at)) = first_closed {
-            let deadline = (at + limits.half_close).min(clock.last() + limits.idle);
-            if deadline < timer.deadline() {
-                timer.as_mut().reset(deadline);
-            }
+        let deadline = match first_closed {
+            Some((_, at)) => half_close_deadline(at, &clock, limits),
+            None => clock.last() + limits.idle,
+        };
+        if deadline != timer.deadline() {
+            timer.as_mut().reset(deadline);
         }
     };
+    if let End::Error { .. } = end {
+        // Pass the failure on as a reset rather than a clean close, so the other side cannot
+        // mistake a truncated stream for a complete one.
+        for socket in [&client, &backend] {
+            let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        }
+    }
     let moved = Transferred {
         client_to_backend: up_bytes.load(Ordering::Relaxed),
         backend_to_client: down_bytes.load(Ordering::Relaxed),
     };
     (moved, end)
+}
+
+/// Once one direction has finished, the other may stay open while it keeps moving bytes, but
+/// no longer than `half_close` without moving any (HAProxy's `client-fin`/`server-fin`): a
+/// long download after the client half-closed is not cut short, and a peer that never closes
+/// cannot hold its socket forever.
+fn half_close_deadline(closed_at: Instant, clock: &Activity, limits: Limits) -> Instant {
+    closed_at.max(clock.last()) + limits.half_close
 }
 
 /// When a byte last moved in either direction. Atomics rather than cells only so the relay
@@ -277,7 +294,11 @@ async fn copy_step(
     let mut sent = 0;
     while sent < n {
         match to.try_write(&buf[sent..n]) {
-            Ok(k) => sent += k,
+            Ok(k) => {
+                sent += k;
+                // A slow reader that keeps taking bytes is not idle.
+                clock.touch();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 to.writable().await.map_err(StepError::Write)?;
             }
@@ -322,7 +343,10 @@ async fn splice_step(
     let mut left = n;
     while left > 0 {
         match to.try_io(Interest::WRITABLE, || pipe.drain_to(to, left)) {
-            Ok(k) => left -= k,
+            Ok(k) => {
+                left -= k;
+                clock.touch();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 to.writable().await.map_err(StepError::Write)?;
             }

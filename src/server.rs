@@ -239,7 +239,7 @@ pub async fn run(
 /// What woke the accept loop.
 enum Event {
     Shutdown,
-    Reload(Option<Config>),
+    Reload(Option<Box<Config>>),
     Accepted(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>),
 }
 
@@ -285,13 +285,14 @@ pub async fn run_with_reloads(
         };
         let event = tokio::select! {
             () = &mut shutdown => Event::Shutdown,
-            config = reloads.recv(), if reloads_open => Event::Reload(config),
+            config = reloads.recv(), if reloads_open => Event::Reload(config.map(Box::new)),
             event = next_connection => event,
         };
         match event {
             Event::Shutdown => break,
             Event::Reload(None) => reloads_open = false,
             Event::Reload(Some(config)) => {
+                let config = *config;
                 let current = balancer.snapshot();
                 if config.listen != current.config.listen {
                     match bind(config.listen) {

@@ -112,3 +112,71 @@ async fn splice_keeps_half_close() {
     within(s.read_to_string(&mut reply)).await.expect("read");
     assert_eq!(reply, "got 300000 bytes");
 }
+
+#[tokio::test]
+async fn half_close_limit_spares_a_transfer_that_keeps_moving() {
+    // After the client half-closes, the backend streams for three times the half-close
+    // limit: every byte must arrive, then a clean EOF.
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                if s.read_to_end(&mut request).await.is_err() {
+                    return;
+                }
+                for chunk in 0..75u8 {
+                    if s.write_all(&[chunk; 1024]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    let b = Balancer::start(&config_with(
+        "RoundRobin",
+        &[("slow", addr, 1)],
+        "timeouts: (half_close: \"500ms\"),",
+    ));
+    let mut s = connect(b.addr).await;
+    within(s.write_all(b"GET")).await.expect("write");
+    within(s.shutdown()).await.expect("half-close");
+    let mut body = Vec::new();
+    within(s.read_to_end(&mut body)).await.expect("clean EOF");
+    let expected: Vec<u8> = (0..75u8).flat_map(|c| [c; 1024]).collect();
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected);
+}
+
+#[tokio::test]
+async fn a_backend_reset_reaches_the_client_as_a_reset() {
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 5];
+                if s.read_exact(&mut first).await.is_ok() && s.write_all(b"partial").await.is_ok() {
+                    let _ = s.set_linger(Some(std::time::Duration::ZERO));
+                    drop(s);
+                }
+            });
+        }
+    });
+    let b = Balancer::start(&config_with("RoundRobin", &[("crash", addr, 1)], NO_PROBES));
+    let mut s = connect(b.addr).await;
+    within(s.write_all(b"hello")).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let error = loop {
+        match within(s.read(&mut buf)).await {
+            Ok(0) => panic!("clean EOF after {got:?}: the reset was hidden"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+    assert!(b"partial".starts_with(&got), "{got:?}");
+}
