@@ -159,7 +159,7 @@ async fn a_backend_reset_reaches_the_client_as_a_reset() {
             tokio::spawn(async move {
                 let mut first = [0u8; 5];
                 if s.read_exact(&mut first).await.is_ok() && s.write_all(b"partial").await.is_ok() {
-                    let _ = s.set_linger(Some(std::time::Duration::ZERO));
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
                     drop(s);
                 }
             });
