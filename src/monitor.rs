@@ -69,6 +69,9 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
     let mut healthy_readings: Option<bool> = None;
     let mut last_good: Option<Instant> = None;
     let (addr, path) = (backend.config.load_addr, backend.config.load_path.clone());
+    // A good reading proves what a TCP check of the same address would, and no more: it
+    // must not mask a failing HTTP check, nor a dead data port behind a live load agent.
+    let poll_proves_health = backend.config.check == Check::Tcp && addr == backend.addr;
     loop {
         let reading = match probe::http_get(addr, &path, poll.timeout).await {
             Ok(body) => probe::parse_load(&body),
@@ -78,8 +81,9 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
             Ok(load) => {
                 backend.set_load(Some(load));
                 last_good = Some(Instant::now());
-                // Answering /load proves the backend is alive.
-                backend.record_check(true, "");
+                if poll_proves_health {
+                    backend.record_check(true, "");
+                }
                 if healthy_readings != Some(true) {
                     info!(
                         "backend {}: load readings from http://{addr}{path} are good ({load:.1}%)",
