@@ -476,11 +476,9 @@ async fn load_poll_success_counts_as_health_pass() {
     assert_eq!(page_id(&http_get(b.addr, "/").await), "polled");
 }
 
-/// Reproduces a bug in the balancer, left unfixed here: in WorkloadSensitive mode every good
-/// `/load` reading counts as a passed health check, so when polls come at least as often as
-/// checks a failing HTTP check never reaches `fall` consecutive failures. With the defaults
-/// (checks every 2 s, fall 3, polls every 1 s) a backend whose `Http` check fails every time
-/// is never taken out. The intervals here keep the defaults' 2:1 ratio.
+/// Good `/load` readings must not mask a failing HTTP check: were every reading counted as a
+/// pass, polls at least as frequent as checks would keep the failure streak below `fall`
+/// forever. The intervals keep the defaults' 2:1 ratio of checks to polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_http_check_is_not_masked_by_good_load_readings() {
     let dir = TempDir::new();
