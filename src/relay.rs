@@ -91,10 +91,15 @@ impl fmt::Display for End {
 
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
 /// expires, or either side fails. Returns what was moved and how it ended.
-pub async fn relay(client: TcpStream, backend: TcpStream, limits: Limits) -> (Transferred, End) {
+pub async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    limits: Limits,
+    totals: Totals<'_>,
+) -> (Transferred, End) {
     let clock = Activity::new();
-    let up_bytes = AtomicU64::new(0);
-    let down_bytes = AtomicU64::new(0);
+    let up_bytes = Tally::new(totals.to_backend);
+    let down_bytes = Tally::new(totals.to_client);
     let upstream = pump(
         &client,
         &backend,
@@ -167,8 +172,8 @@ pub async fn relay(client: TcpStream, backend: TcpStream, limits: Limits) -> (Tr
         }
     }
     let moved = Transferred {
-        client_to_backend: up_bytes.load(Ordering::Relaxed),
-        backend_to_client: down_bytes.load(Ordering::Relaxed),
+        client_to_backend: up_bytes.get(),
+        backend_to_client: down_bytes.get(),
     };
     (moved, end)
 }
@@ -179,6 +184,38 @@ pub async fn relay(client: TcpStream, backend: TcpStream, limits: Limits) -> (Tr
 /// cannot hold its socket forever.
 fn half_close_deadline(closed_at: Instant, clock: &Activity, limits: Limits) -> Instant {
     closed_at.max(clock.last()) + limits.half_close
+}
+
+/// Running byte counts that outlive one connection (a backend's), fed as bytes move so that
+/// long-lived connections show up in the statistics before they end.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals<'a> {
+    pub to_backend: &'a AtomicU64,
+    pub to_client: &'a AtomicU64,
+}
+
+/// One direction's byte count, added to the running total as it grows.
+struct Tally<'a> {
+    here: AtomicU64,
+    total: &'a AtomicU64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(total: &'a AtomicU64) -> Tally<'a> {
+        Tally {
+            here: AtomicU64::new(0),
+            total,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.here.fetch_add(n as u64, Ordering::Relaxed);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.here.load(Ordering::Relaxed)
+    }
 }
 
 /// When a byte last moved in either direction. Atomics rather than cells only so the relay
@@ -213,7 +250,7 @@ async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     sides: [Side; 2],
-    moved: &AtomicU64,
+    moved: &Tally<'_>,
     clock: &Activity,
     splice: Splice,
 ) -> Result<(), End> {
@@ -271,7 +308,7 @@ enum StepError {
 async fn copy_step(
     from: &TcpStream,
     to: &TcpStream,
-    moved: &AtomicU64,
+    moved: &Tally<'_>,
     clock: &Activity,
 ) -> Result<Step, StepError> {
     from.readable().await.map_err(StepError::Read)?;
@@ -307,7 +344,7 @@ async fn copy_step(
     }
     let filled_buffer = n == buf.len();
     pool::give(buf);
-    moved.fetch_add(n as u64, Ordering::Relaxed);
+    moved.add(n);
     clock.touch();
     Ok(Step::Moved { filled_buffer })
 }
@@ -319,7 +356,7 @@ async fn splice_step(
     from: &TcpStream,
     to: &TcpStream,
     pipe: zero_copy::Pipe,
-    moved: &AtomicU64,
+    moved: &Tally<'_>,
     clock: &Activity,
 ) -> Result<Step, StepError> {
     from.readable().await.map_err(StepError::Read)?;
@@ -354,7 +391,7 @@ async fn splice_step(
         }
     }
     pipe.give_back();
-    moved.fetch_add(n as u64, Ordering::Relaxed);
+    moved.add(n);
     clock.touch();
     Ok(Step::Moved {
         filled_buffer: true,

@@ -561,16 +561,14 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
         splice: snapshot.config.relay.splice,
     };
     drop(snapshot);
-    let (moved, end) = relay::relay(client, upstream, limits).await;
+    let stats = backend.stats();
+    let totals = relay::Totals {
+        to_backend: &stats.bytes_to_backend,
+        to_client: &stats.bytes_to_client,
+    };
+    let (moved, end) = relay::relay(client, upstream, limits, totals).await;
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
-    let stats = backend.stats();
-    stats
-        .bytes_to_backend
-        .fetch_add(moved.client_to_backend, Ordering::Relaxed);
-    stats
-        .bytes_to_client
-        .fetch_add(moved.backend_to_client, Ordering::Relaxed);
     access(
         access_log,
         format_args!(

@@ -1021,3 +1021,29 @@ fn screenshot_script_needs_chromium_and_installs_nothing() {
     let (code, _, stderr) = run("bash", &[SCREENSHOT_SH, "--bogus"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[tokio::test]
+async fn bytes_count_while_a_connection_is_still_open() {
+    let (b, admin) = start(&admin_config(
+        "RoundRobin",
+        &[("e", echo_backend().await, 1)],
+        NO_PROBES,
+    ));
+    let mut open = connect(b.addr).await;
+    within(open.write_all(&[1u8; 5000])).await.expect("write");
+    let mut back = vec![0u8; 5000];
+    within(open.read_exact(&mut back)).await.expect("echo");
+    let text = metrics(admin).await;
+    assert_eq!(
+        metric(&text, "ballast_backend_sent_bytes_total", Some("e")),
+        Some(5000.0)
+    );
+    assert_eq!(
+        metric(&text, "ballast_backend_received_bytes_total", Some("e")),
+        Some(5000.0)
+    );
+    assert_eq!(
+        metric(&text, "ballast_backend_connections_active", Some("e")),
+        Some(1.0)
+    );
+}
