@@ -12,6 +12,8 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::task::{Context, Poll, ready};
+
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -100,47 +102,41 @@ pub async fn relay(
     let clock = Activity::new();
     let up_bytes = Tally::new(totals.to_backend);
     let down_bytes = Tally::new(totals.to_client);
-    let upstream = pump(
-        &client,
-        &backend,
-        [Side::Client, Side::Backend],
-        &up_bytes,
-        &clock,
-        limits.splice,
-    );
-    let downstream = pump(
-        &backend,
-        &client,
-        [Side::Backend, Side::Client],
-        &down_bytes,
-        &clock,
-        limits.splice,
-    );
-    tokio::pin!(upstream, downstream);
+    let mut upstream = Direction::new([Side::Client, Side::Backend], limits.splice);
+    let mut downstream = Direction::new([Side::Backend, Side::Client], limits.splice);
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
     tokio::pin!(timer);
     let end = loop {
-        tokio::select! {
-            result = &mut upstream, if !matches!(first_closed, Some((Side::Client, _))) => {
-                if let Err(end) = result {
-                    break end;
-                }
-                match first_closed {
-                    Some(_) => break End::Closed { first: Side::Backend },
-                    None => first_closed = Some((Side::Client, Instant::now())),
-                }
+        // One hand-written poll for both directions and the clock: the readiness wakers live
+        // in the sockets' own slots, so a connection waiting for bytes costs only this small
+        // frame, not a waiter node per pending operation.
+        let event = std::future::poll_fn(|cx| {
+            if !upstream.finished
+                && let Poll::Ready(result) = upstream.poll(cx, &client, &backend, &up_bytes, &clock)
+            {
+                return Poll::Ready(Event::Finished(Side::Client, result));
             }
-            result = &mut downstream, if !matches!(first_closed, Some((Side::Backend, _))) => {
-                if let Err(end) = result {
-                    break end;
-                }
-                match first_closed {
-                    Some(_) => break End::Closed { first: Side::Client },
-                    None => first_closed = Some((Side::Backend, Instant::now())),
-                }
+            if !downstream.finished
+                && let Poll::Ready(result) =
+                    downstream.poll(cx, &backend, &client, &down_bytes, &clock)
+            {
+                return Poll::Ready(Event::Finished(Side::Backend, result));
             }
-            () = &mut timer => {
+            timer.as_mut().poll(cx).map(|()| Event::Timer)
+        })
+        .await;
+        match event {
+            Event::Finished(_, Err(end)) => break end,
+            Event::Finished(side, Ok(())) => match first_closed {
+                Some(_) => {
+                    break End::Closed {
+                        first: side.other(),
+                    };
+                }
+                None => first_closed = Some((side, Instant::now())),
+            },
+            Event::Timer => {
                 let now = Instant::now();
                 match first_closed {
                     Some((closed, at)) => {
@@ -243,159 +239,199 @@ impl Activity {
     }
 }
 
-/// Moves bytes from `from` to `to` until EOF, then shuts down `to`'s write side so its peer
-/// sees the EOF. `sides` names the owners of `from` and `to`, so an error says whose socket
-/// failed.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+enum Event {
+    /// The direction whose source is this side finished (EOF passed on) or failed.
+    Finished(Side, Result<(), End>),
+    Timer,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+/// One direction of a relay: bytes from `from` to `to` until EOF, then a shutdown of `to`'s
+/// write side so its peer sees the EOF.
+///
+/// No buffer is held while the source is idle: a buffer is borrowed from the pool when the
+/// source is readable and given back once its bytes are written; it is kept only while the
+/// destination cannot take them yet. Once a read fills a whole buffer (bulk traffic) the
+/// direction splices through a pooled pipe instead, when one may be had.
+struct Direction {
+    /// Owners of the source and destination sockets, so an error names the right side.
     sides: [Side; 2],
-    moved: &Tally<'_>,
-    clock: &Activity,
     splice: Splice,
-) -> Result<(), End> {
-    let [from_side, to_side] = sides;
-    let read_error = |error| End::Error {
-        side: from_side,
-        error,
-    };
-    let write_error = |error| End::Error {
-        side: to_side,
-        error,
-    };
-    let mut bulk = splice == Splice::Always;
-    loop {
-        let step = if bulk && splice != Splice::Off {
-            match zero_copy::Pipe::take() {
-                Some(pipe) => splice_step(from, to, pipe, moved, clock).await,
-                // No pipe to be had (limit reached, or out of descriptors): copy instead.
-                None => copy_step(from, to, moved, clock).await,
-            }
-        } else {
-            copy_step(from, to, moved, clock).await
-        };
-        match step {
-            Ok(Step::Eof) => break,
-            Ok(Step::Moved { filled_buffer }) => bulk |= filled_buffer,
-            Err(StepError::Read(e)) => return Err(read_error(e)),
-            Err(StepError::Write(e)) => return Err(write_error(e)),
+    bulk: bool,
+    /// Bytes read but not yet written: `buf[start..end]`.
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    /// A pipe holding `in_pipe` spliced bytes not yet written.
+    pipe: Option<zero_copy::Pipe>,
+    in_pipe: usize,
+    finished: bool,
+}
+
+impl Direction {
+    fn new(sides: [Side; 2], splice: Splice) -> Direction {
+        Direction {
+            sides,
+            splice,
+            bulk: splice == Splice::Always,
+            buf: None,
+            start: 0,
+            end: 0,
+            pipe: None,
+            in_pipe: 0,
+            finished: false,
         }
     }
+
+    fn read_error(&self, error: io::Error) -> End {
+        End::Error {
+            side: self.sides[0],
+            error,
+        }
+    }
+
+    fn write_error(&self, error: io::Error) -> End {
+        End::Error {
+            side: self.sides[1],
+            error,
+        }
+    }
+
+    /// Moves what can be moved now. Ready(Ok) once EOF has been passed on; Pending with the
+    /// waker registered on whichever socket we wait for.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        moved: &Tally<'_>,
+        clock: &Activity,
+    ) -> Poll<Result<(), End>> {
+        let result = self.poll_inner(cx, from, to, moved, clock);
+        if let Poll::Ready(_) = result {
+            self.finished = true;
+            self.release();
+        }
+        result
+    }
+
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        moved: &Tally<'_>,
+        clock: &Activity,
+    ) -> Poll<Result<(), End>> {
+        loop {
+            // Deliver what we hold before reading more.
+            if self.start < self.end || self.in_pipe > 0 {
+                if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                    return Poll::Ready(Err(self.write_error(e)));
+                }
+                let written = match (&self.buf, &self.pipe) {
+                    (Some(buf), _) if self.start < self.end => {
+                        to.try_write(&buf[self.start..self.end])
+                    }
+                    (_, Some(pipe)) => {
+                        to.try_io(Interest::WRITABLE, || pipe.drain_to(to, self.in_pipe))
+                    }
+                    _ => Ok(0),
+                };
+                match written {
+                    Ok(n) => {
+                        moved.add(n);
+                        clock.touch();
+                        if self.start < self.end {
+                            self.start += n;
+                        } else {
+                            self.in_pipe -= n;
+                        }
+                        if self.start == self.end && self.in_pipe == 0 {
+                            self.release();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(self.write_error(e))),
+                }
+                continue;
+            }
+            if let Err(e) = ready!(from.poll_read_ready(cx)) {
+                return Poll::Ready(Err(self.read_error(e)));
+            }
+            let read = if self.bulk && self.splice != Splice::Off {
+                self.pipe = self.pipe.take().or_else(zero_copy::Pipe::take);
+                match &self.pipe {
+                    // The pipe is empty here, so EAGAIN can only mean the socket has nothing
+                    // to read: a full pipe also answers EAGAIN, which is why we never splice
+                    // into one that still holds bytes.
+                    Some(pipe) => from
+                        .try_io(Interest::READABLE, || pipe.fill_from(from))
+                        .map(|n| (n, true)),
+                    None => self.read_into_buffer(from),
+                }
+            } else {
+                self.read_into_buffer(from)
+            };
+            match read {
+                Ok((0, _)) => {
+                    self.release();
+                    return Poll::Ready(shutdown_write(to).map_err(|e| self.write_error(e)));
+                }
+                Ok((n, spliced)) => {
+                    clock.touch();
+                    if spliced {
+                        self.in_pipe = n;
+                    } else {
+                        self.start = 0;
+                        self.end = n;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
+                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            }
+        }
+    }
+
+    /// Reads into a pooled buffer; returns (bytes, false). A read that fills the buffer marks
+    /// the direction as bulk.
+    fn read_into_buffer(&mut self, from: &TcpStream) -> io::Result<(usize, bool)> {
+        let buf = self.buf.get_or_insert_with(pool::take);
+        let n = from.try_read(buf)?;
+        self.bulk |= n == buf.len();
+        Ok((n, false))
+    }
+
+    /// Gives the buffer and pipe back to their pools once they hold nothing.
+    fn release(&mut self) {
+        if self.start == self.end {
+            if let Some(buf) = self.buf.take() {
+                pool::give(buf);
+            }
+        }
+        if self.in_pipe == 0 {
+            if let Some(pipe) = self.pipe.take() {
+                pipe.give_back();
+            }
+        }
+    }
+}
+
+/// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
+/// delivered, so that is not an error.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
     match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
-        // The peer may already be gone; what we owed it was delivered.
-        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        Err(e) => Err(write_error(e)),
+        other => other,
     }
-}
-
-enum Step {
-    Eof,
-    /// Bytes were moved; `filled_buffer` says the source had more than one buffer's worth.
-    Moved {
-        filled_buffer: bool,
-    },
-}
-
-enum StepError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Waits for `from` to be readable, then copies what is there through a pooled buffer.
-/// No buffer is held while the source is idle; one is kept only while the destination
-/// cannot take the data yet.
-async fn copy_step(
-    from: &TcpStream,
-    to: &TcpStream,
-    moved: &Tally<'_>,
-    clock: &Activity,
-) -> Result<Step, StepError> {
-    from.readable().await.map_err(StepError::Read)?;
-    let mut buf = pool::take();
-    let n = match from.try_read(&mut buf) {
-        Ok(0) => {
-            pool::give(buf);
-            return Ok(Step::Eof);
-        }
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            pool::give(buf);
-            return Ok(Step::Moved {
-                filled_buffer: false,
-            });
-        }
-        Err(e) => return Err(StepError::Read(e)),
-    };
-    clock.touch();
-    let mut sent = 0;
-    while sent < n {
-        match to.try_write(&buf[sent..n]) {
-            Ok(k) => {
-                sent += k;
-                // A slow reader that keeps taking bytes is not idle.
-                clock.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                to.writable().await.map_err(StepError::Write)?;
-            }
-            Err(e) => return Err(StepError::Write(e)),
-        }
-    }
-    let filled_buffer = n == buf.len();
-    pool::give(buf);
-    moved.add(n);
-    clock.touch();
-    Ok(Step::Moved { filled_buffer })
-}
-
-/// Waits for `from` to be readable, then splices what is there into `pipe` and from the
-/// pipe to `to`, without the bytes passing through user space. The pipe goes back to the
-/// pool only when empty.
-async fn splice_step(
-    from: &TcpStream,
-    to: &TcpStream,
-    pipe: zero_copy::Pipe,
-    moved: &Tally<'_>,
-    clock: &Activity,
-) -> Result<Step, StepError> {
-    from.readable().await.map_err(StepError::Read)?;
-    // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read (a full
-    // pipe would also answer EAGAIN, which is why we never splice into a non-empty one).
-    let n = match from.try_io(Interest::READABLE, || pipe.fill_from(from)) {
-        Ok(0) => {
-            pipe.give_back();
-            return Ok(Step::Eof);
-        }
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            pipe.give_back();
-            return Ok(Step::Moved {
-                filled_buffer: true,
-            });
-        }
-        Err(e) => return Err(StepError::Read(e)),
-    };
-    clock.touch();
-    let mut left = n;
-    while left > 0 {
-        match to.try_io(Interest::WRITABLE, || pipe.drain_to(to, left)) {
-            Ok(k) => {
-                left -= k;
-                clock.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                to.writable().await.map_err(StepError::Write)?;
-            }
-            Err(e) => return Err(StepError::Write(e)),
-        }
-    }
-    pipe.give_back();
-    moved.add(n);
-    clock.touch();
-    Ok(Step::Moved {
-        filled_buffer: true,
-    })
 }
 
 /// Pipes for `splice(2)`, pooled per thread and bounded in number across the process, like

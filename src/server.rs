@@ -541,7 +541,10 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
     let _ = client.set_nodelay(true);
     let snapshot = balancer.snapshot();
     let access_log = snapshot.config.access_log;
-    let Some((guard, upstream)) = connect_backend(peer, &snapshot, &balancer).await else {
+    // Boxed so that its larger state is freed once connected, instead of sizing every
+    // long-lived connection's task for it.
+    let connected = Box::pin(connect_backend(peer, &snapshot, &balancer)).await;
+    let Some((guard, upstream)) = connected else {
         balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
         access(
             access_log,
