@@ -316,7 +316,7 @@ impl Direction {
         clock: &Activity,
     ) -> Poll<Result<(), End>> {
         let result = self.poll_inner(cx, from, to, moved, clock);
-        if let Poll::Ready(_) = result {
+        if result.is_ready() {
             self.finished = true;
             self.release();
         }
@@ -412,15 +412,15 @@ impl Direction {
 
     /// Gives the buffer and pipe back to their pools once they hold nothing.
     fn release(&mut self) {
-        if self.start == self.end {
-            if let Some(buf) = self.buf.take() {
-                pool::give(buf);
-            }
+        if self.start == self.end
+            && let Some(buf) = self.buf.take()
+        {
+            pool::give(buf);
         }
-        if self.in_pipe == 0 {
-            if let Some(pipe) = self.pipe.take() {
-                pipe.give_back();
-            }
+        if self.in_pipe == 0
+            && let Some(pipe) = self.pipe.take()
+        {
+            pipe.give_back();
         }
     }
 }
