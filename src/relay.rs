@@ -529,9 +529,9 @@ mod pool {
     use std::cell::RefCell;
 
     /// Bytes per buffer: large enough that bulk transfers take few system calls.
-    pub const BUFFER_SIZE: usize = 32 * 1024;
+    pub const BUFFER_SIZE: usize = 16 * 1024;
     /// Buffers kept for reuse per thread; beyond this they are freed.
-    const KEPT: usize = 64;
+    const KEPT: usize = 16;
 
     thread_local! {
         static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
