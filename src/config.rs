@@ -16,6 +16,9 @@ pub use crate::relay::Splice;
 /// (sum of weights entries) and matches HAProxy's range.
 pub const MAX_WEIGHT: u32 = 256;
 
+/// The most accept loops (worker threads) a configuration may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 /// Default time allowed for a TCP connect to a backend.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time open connections get to finish after a shutdown request.
@@ -47,6 +50,8 @@ impl fmt::Display for Algorithm {
 pub struct Config {
     pub listen: SocketAddr,
     pub algorithm: Algorithm,
+    /// Accept loops, each on its own thread with its own runtime (default: one per CPU).
+    pub workers: usize,
     pub backends: Vec<BackendConfig>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -263,6 +268,7 @@ impl std::error::Error for ConfigError {
 struct RawConfig {
     listen: Addr,
     algorithm: Algorithm,
+    workers: Option<usize>,
     backends: Vec<RawBackend>,
     #[serde(default)]
     timeouts: RawTimeouts,
@@ -512,9 +518,20 @@ impl Config {
                 "limits.max_connections must be at least 1".into(),
             ));
         }
+        let workers = match raw.workers {
+            Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    locate(text, "workers", 0),
+                    format!("workers is {n}: expected 1 to {MAX_WORKERS}"),
+                ));
+            }
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Ok(Config {
             listen: raw.listen.0,
             algorithm: raw.algorithm,
+            workers,
             backends,
             timeouts,
             limits,
@@ -546,9 +563,10 @@ impl Config {
     /// A one-screen human summary, printed by `ballast --check`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen     {}\nalgorithm  {}\nbackends   {}\n",
+            "listen     {}\nalgorithm  {}\nworkers    {}\nbackends   {}\n",
             self.listen,
             self.algorithm,
+            self.workers,
             self.backends.len()
         );
         let width = self

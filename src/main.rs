@@ -63,7 +63,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, path: PathBuf) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control plane (signals, reloads, health checks, admin) and the first accept loop
+    // share this thread; the server starts one more thread per further worker.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

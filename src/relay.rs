@@ -112,18 +112,24 @@ pub async fn relay(
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
         // frame, not a waiter node per pending operation.
         let event = std::future::poll_fn(|cx| {
+            let mut event = None;
             if !upstream.finished
-                && let Poll::Ready(result) = upstream.poll(cx, &client, &backend, &up_bytes, &clock)
+                && let Poll::Ready(result) = upstream.poll(cx, &client, &backend, &up_bytes)
             {
-                return Poll::Ready(Event::Finished(Side::Client, result));
-            }
-            if !downstream.finished
-                && let Poll::Ready(result) =
-                    downstream.poll(cx, &backend, &client, &down_bytes, &clock)
+                event = Some(Event::Finished(Side::Client, result));
+            } else if !downstream.finished
+                && let Poll::Ready(result) = downstream.poll(cx, &backend, &client, &down_bytes)
             {
-                return Poll::Ready(Event::Finished(Side::Backend, result));
+                event = Some(Event::Finished(Side::Backend, result));
             }
-            timer.as_mut().poll(cx).map(|()| Event::Timer)
+            // One clock reading per wake-up, however many reads and writes it made.
+            if upstream.take_progress() | downstream.take_progress() {
+                clock.touch();
+            }
+            match event {
+                Some(event) => Poll::Ready(event),
+                None => timer.as_mut().poll(cx).map(|()| Event::Timer),
+            }
         })
         .await;
         match event {
@@ -274,6 +280,8 @@ struct Direction {
     pipe: Option<zero_copy::Pipe>,
     in_pipe: usize,
     finished: bool,
+    /// Bytes moved since the relay last looked at its clock.
+    progressed: bool,
 }
 
 impl Direction {
@@ -288,7 +296,12 @@ impl Direction {
             pipe: None,
             in_pipe: 0,
             finished: false,
+            progressed: false,
         }
+    }
+
+    fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
     }
 
     fn read_error(&self, error: io::Error) -> End {
@@ -313,9 +326,8 @@ impl Direction {
         from: &TcpStream,
         to: &TcpStream,
         moved: &Tally<'_>,
-        clock: &Activity,
     ) -> Poll<Result<(), End>> {
-        let result = self.poll_inner(cx, from, to, moved, clock);
+        let result = self.poll_inner(cx, from, to, moved);
         if result.is_ready() {
             self.finished = true;
             self.release();
@@ -329,7 +341,6 @@ impl Direction {
         from: &TcpStream,
         to: &TcpStream,
         moved: &Tally<'_>,
-        clock: &Activity,
     ) -> Poll<Result<(), End>> {
         loop {
             // Deliver what we hold before reading more.
@@ -349,7 +360,7 @@ impl Direction {
                 match written {
                     Ok(n) => {
                         moved.add(n);
-                        clock.touch();
+                        self.progressed = true;
                         if self.start < self.end {
                             self.start += n;
                         } else {
@@ -375,6 +386,11 @@ impl Direction {
                     // into one that still holds bytes.
                     Some(pipe) => from
                         .try_io(Interest::READABLE, || pipe.fill_from(from))
+                        .inspect(|&n| {
+                            if n > 0 && n < zero_copy::CHUNK {
+                                assume_drained(from);
+                            }
+                        })
                         .map(|n| (n, true)),
                     None => self.read_into_buffer(from),
                 }
@@ -387,7 +403,7 @@ impl Direction {
                     return Poll::Ready(shutdown_write(to).map_err(|e| self.write_error(e)));
                 }
                 Ok((n, spliced)) => {
-                    clock.touch();
+                    self.progressed = true;
                     if spliced {
                         self.in_pipe = n;
                     } else {
@@ -406,7 +422,11 @@ impl Direction {
     fn read_into_buffer(&mut self, from: &TcpStream) -> io::Result<(usize, bool)> {
         let buf = self.buf.get_or_insert_with(pool::take);
         let n = from.try_read(buf)?;
-        self.bulk |= n == buf.len();
+        if n == buf.len() {
+            self.bulk = true;
+        } else if n > 0 {
+            assume_drained(from);
+        }
         Ok((n, false))
     }
 
@@ -423,6 +443,16 @@ impl Direction {
             pipe.give_back();
         }
     }
+}
+
+/// After a read that returned less than it asked for, the socket is almost surely empty:
+/// mark it not readable without the extra `recv` that would only answer EAGAIN (as nginx
+/// does). tokio keeps any readiness that arrived after the read, and a peer's FIN, so
+/// nothing is missed.
+fn assume_drained(socket: &TcpStream) {
+    let _ = socket.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+    });
 }
 
 /// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
@@ -445,7 +475,7 @@ pub mod zero_copy {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
 
     /// Bytes moved per splice call: the default pipe capacity.
-    const CHUNK: usize = 64 * 1024;
+    pub const CHUNK: usize = 64 * 1024;
     /// Empty pipes kept per thread for reuse.
     const KEPT: usize = 32;
 

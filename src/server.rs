@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use log::{debug, error, info, warn};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -236,26 +236,131 @@ pub async fn run(
     run_with_reloads(config, listener, shutdown, reloads).await
 }
 
-/// What woke the accept loop.
-enum Event {
+/// What woke the control loop.
+enum Control {
     Shutdown,
     Reload(Option<Box<Config>>),
-    Accepted(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>),
+}
+
+/// The listening socket that accept loops serve, numbered so that loops can report which one
+/// they have switched to.
+struct ListenSocket {
+    generation: u64,
+    socket: std::net::TcpListener,
+}
+
+/// What every accept loop shares, whichever thread it runs on.
+struct Acceptors {
+    balancer: Arc<Balancer>,
+    /// The socket to accept on; `None` once the balancer stops accepting.
+    listener: watch::Sender<Option<Arc<ListenSocket>>>,
+    /// Loops that have switched to each generation of `listener`, for reloads to wait on.
+    switched: Mutex<HashMap<u64, usize>>,
+    switch_seen: Notify,
+    /// One permit per open client connection.
+    slots: ArcSwap<Semaphore>,
+    /// Every client connection, on every worker.
+    connections: TaskTracker,
+    /// Cancelled when the grace period is over: remaining connections are closed.
+    cut_off: CancellationToken,
+    /// Cancelled once every connection is gone: worker threads may end.
+    finished: CancellationToken,
+}
+
+impl Acceptors {
+    fn switched_to(&self, generation: u64) {
+        let mut switched = self.switched.lock().unwrap_or_else(PoisonError::into_inner);
+        *switched.entry(generation).or_insert(0) += 1;
+        self.switch_seen.notify_waiters();
+    }
+
+    /// Waits (bounded) until `loops` accept loops serve `generation`, so the previous socket
+    /// is closed when a reload reports the new address.
+    async fn wait_switched(&self, generation: u64, loops: usize) {
+        let wait = async {
+            loop {
+                let seen = self.switch_seen.notified();
+                tokio::pin!(seen);
+                seen.as_mut().enable();
+                let count = {
+                    let switched = self.switched.lock().unwrap_or_else(PoisonError::into_inner);
+                    switched.get(&generation).copied().unwrap_or(0)
+                };
+                if count >= loops {
+                    return;
+                }
+                seen.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            warn!("not every worker switched to the new listener within 5s");
+        }
+    }
 }
 
 /// Serves `listener` with `config`, switching to each configuration received on `reloads`
 /// (for new connections; established ones continue), until `shutdown` completes. Then it
 /// stops accepting and gives open connections up to the grace period before closing them.
+///
+/// Connections are served by `config.workers` accept loops: one on the caller's runtime and
+/// the others on threads of their own, each with a single-threaded runtime, all accepting
+/// from the same socket. A connection lives on one thread from accept to close (nginx's
+/// worker model), so no wake-up crosses threads.
 pub async fn run_with_reloads(
     config: Config,
-    mut listener: TcpListener,
+    listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     mut reloads: mpsc::Receiver<Config>,
 ) -> io::Result<()> {
     log_config("listening on", listener.local_addr()?, &config);
-    let mut slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let workers = config.workers;
     relay::zero_copy::set_max_pipes(config.relay.max_pipes);
+    let slots = Semaphore::new(config.limits.max_connections);
     let balancer = Arc::new(Balancer::new(config));
+    let mut generation = 0;
+    let first_socket = Arc::new(ListenSocket {
+        generation,
+        socket: listener.into_std()?,
+    });
+    let acceptors = Arc::new(Acceptors {
+        balancer: Arc::clone(&balancer),
+        listener: watch::Sender::new(Some(first_socket)),
+        switched: Mutex::new(HashMap::new()),
+        switch_seen: Notify::new(),
+        slots: ArcSwap::from_pointee(slots),
+        connections: TaskTracker::new(),
+        cut_off: CancellationToken::new(),
+        finished: CancellationToken::new(),
+    });
+    let accept_loops = TaskTracker::new();
+    let mut threads = Vec::new();
+    for worker in 1..workers {
+        let (acceptors, loops) = (Arc::clone(&acceptors), accept_loops.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("ballast-worker-{worker}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(async {
+                        loops
+                            .track_future(accept_loop(Arc::clone(&acceptors), worker))
+                            .await;
+                        // Keep driving this thread's connections until all are gone.
+                        acceptors.finished.cancelled().await;
+                    }),
+                    Err(e) => error!("worker {worker}: cannot start a runtime: {e}"),
+                }
+            })?;
+        threads.push(thread);
+    }
+    accept_loops.spawn(accept_loop(Arc::clone(&acceptors), 0));
+    acceptors.wait_switched(generation, workers).await;
+
     let background = TaskTracker::new();
     let mut stop_monitors = CancellationToken::new();
     let first = balancer.snapshot();
@@ -266,117 +371,192 @@ pub async fn run_with_reloads(
         admin_stop = start_admin(addr, &balancer, &background, &stop_admin)?;
     }
     drop(first);
-    let tracker = TaskTracker::new();
-    let cut_off = CancellationToken::new();
-    let mut accept_backoff = AcceptBackoff::default();
     let mut reloads_open = true;
 
     tokio::pin!(shutdown);
     loop {
-        // A permit per connection: at the limit we stop accepting and new clients wait in
-        // the kernel's backlog instead of being refused.
-        let next_connection = async {
-            let permit = Arc::clone(&slots).acquire_owned().await;
-            let permit = permit.map_err(|_| io::Error::other("connection limit closed"));
-            match permit {
-                Ok(permit) => Event::Accepted(permit, listener.accept().await),
-                Err(_) => Event::Shutdown,
-            }
-        };
         let event = tokio::select! {
-            () = &mut shutdown => Event::Shutdown,
-            config = reloads.recv(), if reloads_open => Event::Reload(config.map(Box::new)),
-            event = next_connection => event,
+            () = &mut shutdown => Control::Shutdown,
+            config = reloads.recv(), if reloads_open => Control::Reload(config.map(Box::new)),
         };
-        match event {
-            Event::Shutdown => break,
-            Event::Reload(None) => reloads_open = false,
-            Event::Reload(Some(config)) => {
-                let config = *config;
-                let current = balancer.snapshot();
-                if config.listen != current.config.listen {
-                    match bind(config.listen) {
-                        Ok(new_listener) => listener = new_listener,
-                        Err(e) => {
-                            error!(
-                                "reload rejected: cannot listen on {}: {e}; keeping the running configuration",
-                                config.listen
-                            );
-                            continue;
-                        }
-                    }
-                }
-                if config.admin != current.config.admin {
-                    let next_admin = match config.admin {
-                        Some(addr) => {
-                            match start_admin(addr, &balancer, &background, &stop_admin) {
-                                Ok(token) => token,
-                                Err(e) => {
-                                    error!(
-                                        "reload rejected: {e}; keeping the running configuration"
-                                    );
-                                    continue;
-                                }
-                            }
-                        }
-                        None => stop_admin.child_token(),
-                    };
-                    admin_stop.cancel();
-                    admin_stop = next_admin;
-                }
-                if config.limits.max_connections != current.config.limits.max_connections {
-                    slots = Arc::new(Semaphore::new(config.limits.max_connections));
-                }
-                relay::zero_copy::set_max_pipes(config.relay.max_pipes);
-                let next = balancer.reload(config);
-                stop_monitors.cancel();
-                stop_monitors = CancellationToken::new();
-                monitor::spawn(&next.backends, &next.config, &background, &stop_monitors);
-                log_config(
-                    "reloaded: listening on",
-                    listener.local_addr()?,
-                    &next.config,
-                );
+        let config = match event {
+            Control::Shutdown => break,
+            Control::Reload(None) => {
+                reloads_open = false;
+                continue;
             }
-            Event::Accepted(permit, Ok((client, peer))) => {
-                accept_backoff.reset();
-                balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
-                let balancer = Arc::clone(&balancer);
-                let cut_off = cut_off.clone();
-                tracker.spawn(async move {
-                    tokio::select! {
-                        () = serve_connection(client, peer, balancer) => {}
-                        () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
-                    }
-                    drop(permit);
-                });
-            }
-            Event::Accepted(_, Err(e)) => accept_backoff.on_error(e).await,
+            Control::Reload(Some(config)) => *config,
+        };
+        let current = balancer.snapshot();
+        if config.workers != current.config.workers {
+            warn!(
+                "reload: workers stays at {} until a restart",
+                current.config.workers
+            );
         }
+        let mut new_socket = None;
+        if config.listen != current.config.listen {
+            match bind(config.listen).and_then(TcpListener::into_std) {
+                Ok(socket) => new_socket = Some(socket),
+                Err(e) => {
+                    error!(
+                        "reload rejected: cannot listen on {}: {e}; keeping the running configuration",
+                        config.listen
+                    );
+                    continue;
+                }
+            }
+        }
+        if config.admin != current.config.admin {
+            let next_admin = match config.admin {
+                Some(addr) => match start_admin(addr, &balancer, &background, &stop_admin) {
+                    Ok(token) => token,
+                    Err(e) => {
+                        error!("reload rejected: {e}; keeping the running configuration");
+                        continue;
+                    }
+                },
+                None => stop_admin.child_token(),
+            };
+            admin_stop.cancel();
+            admin_stop = next_admin;
+        }
+        if let Some(socket) = new_socket {
+            generation += 1;
+            acceptors
+                .listener
+                .send_replace(Some(Arc::new(ListenSocket { generation, socket })));
+            acceptors.wait_switched(generation, workers).await;
+        }
+        if config.limits.max_connections != current.config.limits.max_connections {
+            acceptors
+                .slots
+                .store(Arc::new(Semaphore::new(config.limits.max_connections)));
+        }
+        relay::zero_copy::set_max_pipes(config.relay.max_pipes);
+        let next = balancer.reload(config);
+        stop_monitors.cancel();
+        stop_monitors = CancellationToken::new();
+        monitor::spawn(&next.backends, &next.config, &background, &stop_monitors);
+        let local = acceptors
+            .listener
+            .borrow()
+            .as_ref()
+            .map(|l| l.socket.local_addr())
+            .transpose()?
+            .unwrap_or(next.config.listen);
+        log_config("reloaded: listening on", local, &next.config);
     }
-    drop(listener);
+
+    // Stop accepting everywhere before anything else, so new clients are refused at once.
+    acceptors.listener.send_replace(None);
+    accept_loops.close();
+    accept_loops.wait().await;
     stop_monitors.cancel();
     stop_admin.cancel();
     background.close();
-    tracker.close();
+    let connections = &acceptors.connections;
+    connections.close();
     let grace = balancer.snapshot().config.timeouts.grace;
-    if !tracker.is_empty() {
+    if !connections.is_empty() {
         info!(
             "shutting down: waiting up to {grace:?} for {} open connections",
-            tracker.len()
+            connections.len()
         );
     }
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         warn!(
             "grace period over: closing {} remaining connections",
-            tracker.len()
+            connections.len()
         );
-        cut_off.cancel();
-        tracker.wait().await;
+        acceptors.cut_off.cancel();
+        connections.wait().await;
     }
+    acceptors.finished.cancel();
     background.wait().await;
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    });
+    let _ = joined.await;
     info!("stopped");
     Ok(())
+}
+
+/// The socket an accept loop accepts on: a duplicate of the shared listening socket, so all
+/// workers take from one backlog. (Per-worker `SO_REUSEPORT` sockets would each have their
+/// own backlog, and at `max_connections` the worker that gets a free slot could sit on an
+/// empty backlog while the waiting client is queued on another's.)
+fn worker_socket(shared: &std::net::TcpListener) -> io::Result<TcpListener> {
+    let socket = shared.try_clone()?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket)
+}
+
+/// Accepts client connections for one worker until the listener is withdrawn, following
+/// the listener across reloads.
+async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
+    let mut sockets = acceptors.listener.subscribe();
+    let mut backoff = AcceptBackoff::default();
+    'sockets: loop {
+        let current = sockets.borrow_and_update().clone();
+        let Some(current) = current else { return };
+        let listener = match worker_socket(&current.socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                error!("worker {worker}: cannot accept on the listener: {e}");
+                acceptors.switched_to(current.generation);
+                if sockets.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        acceptors.switched_to(current.generation);
+        drop(current);
+        loop {
+            // A permit per connection: at the limit we stop accepting and new clients wait
+            // in the kernel's backlog instead of being refused.
+            let slots = acceptors.slots.load_full();
+            let next = async {
+                match slots.acquire_owned().await {
+                    Ok(permit) => Some((permit, listener.accept().await)),
+                    Err(_) => None,
+                }
+            };
+            let accepted = tokio::select! {
+                changed = sockets.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue 'sockets;
+                }
+                accepted = next => accepted,
+            };
+            match accepted {
+                None => return,
+                Some((permit, Ok((client, peer)))) => {
+                    backoff.reset();
+                    let balancer = &acceptors.balancer;
+                    balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
+                    let balancer = Arc::clone(balancer);
+                    let cut_off = acceptors.cut_off.clone();
+                    acceptors.connections.spawn(async move {
+                        tokio::select! {
+                            () = serve_connection(client, peer, balancer) => {}
+                            () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
+                        }
+                        drop(permit);
+                    });
+                }
+                Some((_, Err(e))) => backoff.on_error(e).await,
+            }
+        }
+    }
 }
 
 /// Binds the admin listener and serves it until the returned token (a child of `parent`) is

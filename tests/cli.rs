@@ -137,7 +137,7 @@ fn no_backend_can_receive_traffic() {
 fn unknown_field() {
     assert_rejected(
         &VALID.replace("listen:", "listen_on:"),
-        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, backends, timeouts, limits, relay, health, load_poll, admin, admin_token, access_log",
+        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, workers, backends, timeouts, limits, relay, health, load_poll, admin, admin_token, access_log",
     );
 }
 
