@@ -44,6 +44,8 @@ Environment:
   BENCH_THREADS=2          wrk threads
   BENCH_WARMUP=1           seconds of wrk warm-up after each proxy starts
   BENCH_SYSTEMS="direct ballast haproxy nginx"
+  BENCH_BALLAST_EXTRA      extra top-level keys for ballast's configurations, such as
+                           'workers: 1,' (to compare settings)
                            systems to run, in this order
   BENCH_PORT=18100         first of nine consecutive ports used on 127.0.0.1
   BENCH_READY_TIMEOUT=10   seconds to wait for a process to listen
@@ -463,6 +465,7 @@ cat >"$CONF_DIR/ballast-http.ron" <<EOF
     ],
     timeouts: (grace: "2s"),
     limits: (max_connections: 20000),
+    ${BENCH_BALLAST_EXTRA:-}
 )
 EOF
 cat >"$CONF_DIR/ballast-bulk.ron" <<EOF
@@ -477,6 +480,7 @@ cat >"$CONF_DIR/ballast-bulk.ron" <<EOF
     timeouts: (grace: "2s"),
     limits: (max_connections: 20000),
     health: (interval: "1h"),
+    ${BENCH_BALLAST_EXTRA:-}
 )
 EOF
 if [[ " ${SYSTEMS[*]} " == *" ballast "* ]]; then

@@ -114,11 +114,13 @@ pub async fn relay(
         let event = std::future::poll_fn(|cx| {
             let mut event = None;
             if !upstream.finished
-                && let Poll::Ready(result) = upstream.poll(cx, &client, &backend, &up_bytes)
+                && let Poll::Ready(result) =
+                    upstream.poll(cx, &client, &backend, &up_bytes, downstream.finished)
             {
                 event = Some(Event::Finished(Side::Client, result));
             } else if !downstream.finished
-                && let Poll::Ready(result) = downstream.poll(cx, &backend, &client, &down_bytes)
+                && let Poll::Ready(result) =
+                    downstream.poll(cx, &backend, &client, &down_bytes, upstream.finished)
             {
                 event = Some(Event::Finished(Side::Backend, result));
             }
@@ -326,8 +328,9 @@ impl Direction {
         from: &TcpStream,
         to: &TcpStream,
         moved: &Tally<'_>,
+        other_finished: bool,
     ) -> Poll<Result<(), End>> {
-        let result = self.poll_inner(cx, from, to, moved);
+        let result = self.poll_inner(cx, from, to, moved, other_finished);
         if result.is_ready() {
             self.finished = true;
             self.release();
@@ -341,6 +344,7 @@ impl Direction {
         from: &TcpStream,
         to: &TcpStream,
         moved: &Tally<'_>,
+        other_finished: bool,
     ) -> Poll<Result<(), End>> {
         loop {
             // Deliver what we hold before reading more.
@@ -400,6 +404,11 @@ impl Direction {
             match read {
                 Ok((0, _)) => {
                     self.release();
+                    // With the other direction already done, the relay ends now and closing
+                    // the sockets sends the FIN: no separate shutdown needed.
+                    if other_finished {
+                        return Poll::Ready(Ok(()));
+                    }
                     return Poll::Ready(shutdown_write(to).map_err(|e| self.write_error(e)));
                 }
                 Ok((n, spliced)) => {
@@ -472,10 +481,10 @@ pub mod zero_copy {
     use std::os::fd::{AsFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use nix::fcntl::{OFlag, SpliceFFlags, splice};
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
-    /// Bytes moved per splice call: the default pipe capacity.
-    pub const CHUNK: usize = 64 * 1024;
+    /// Bytes moved per splice call, and the pipe size asked for.
+    pub const CHUNK: usize = 1024 * 1024;
     /// Empty pipes kept per thread for reuse.
     const KEPT: usize = 32;
 
@@ -515,7 +524,13 @@ pub mod zero_copy {
                 return None;
             }
             match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-                Ok((read, write)) => Some(Pipe { read, write }),
+                Ok((read, write)) => {
+                    // A larger pipe lets one pair of splice calls move more of a bulk flow.
+                    // Kernel pages are only taken as bytes pass through; where the system
+                    // caps pipe sizes lower, the default size serves.
+                    let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+                    Some(Pipe { read, write })
+                }
                 Err(_) => {
                     PIPES.fetch_sub(1, Ordering::Relaxed);
                     None
