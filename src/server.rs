@@ -214,6 +214,12 @@ impl Balancer {
 /// Binds a listening socket with a deep backlog, so bursts of connections wait in the kernel
 /// rather than being refused.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
+}
+
+/// A non-blocking listening socket with `SO_REUSEPORT`, so that every worker can bind one of
+/// its own to the same address.
+fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -223,9 +229,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY on Linux: one system call per client saved.
     socket.set_tcp_nodelay(true)?;
+    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Serves `listener` with `config` until `shutdown` completes; see [`run_with_reloads`].
@@ -308,8 +315,8 @@ impl Acceptors {
 /// stops accepting and gives open connections up to the grace period before closing them.
 ///
 /// Connections are served by `config.workers` accept loops: one on the caller's runtime and
-/// the others on threads of their own, each with a single-threaded runtime, all accepting
-/// from the same socket. A connection lives on one thread from accept to close (nginx's
+/// the others on threads of their own, each with a single-threaded runtime and its own
+/// `SO_REUSEPORT` socket. A connection lives on one thread from accept to close (nginx's
 /// worker model), so no wake-up crosses threads.
 pub async fn run_with_reloads(
     config: Config,
@@ -492,25 +499,40 @@ pub async fn run_with_reloads(
     Ok(())
 }
 
-/// The socket an accept loop accepts on: a duplicate of the shared listening socket, so all
-/// workers take from one backlog. (Per-worker `SO_REUSEPORT` sockets would each have their
-/// own backlog, and at `max_connections` the worker that gets a free slot could sit on an
-/// empty backlog while the waiting client is queued on another's.)
-fn worker_socket(shared: &std::net::TcpListener) -> io::Result<TcpListener> {
-    let socket = shared.try_clone()?;
+/// The socket accept loop `worker` accepts on. Worker 0 takes a duplicate of the shared
+/// socket; the others bind a socket of their own to the same address with `SO_REUSEPORT`,
+/// so the kernel spreads new connections evenly across workers instead of whichever thread
+/// wakes first taking most of them. Where that bind fails (a caller's listener without
+/// `SO_REUSEPORT`), a duplicate of the shared socket serves.
+fn worker_socket(shared: &std::net::TcpListener, worker: usize) -> io::Result<TcpListener> {
+    let own = if worker == 0 {
+        None
+    } else {
+        shared.local_addr().and_then(bind_std).ok()
+    };
+    let socket = match own {
+        Some(socket) => socket,
+        None => shared.try_clone()?,
+    };
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket)
 }
 
 /// Accepts client connections for one worker until the listener is withdrawn, following
 /// the listener across reloads.
+///
+/// A worker takes a connection slot once it has accepted a client, not before: with a
+/// backlog per worker, a worker that took the last free slot while its backlog was empty
+/// would leave a client waiting in another's. At `max_connections` each worker holds at most
+/// the one client it accepted until a slot frees, and stops accepting; the others wait in
+/// the kernel's backlog.
 async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
     let mut sockets = acceptors.listener.subscribe();
     let mut backoff = AcceptBackoff::default();
     'sockets: loop {
         let current = sockets.borrow_and_update().clone();
         let Some(current) = current else { return };
-        let listener = match worker_socket(&current.socket) {
+        let listener = match worker_socket(&current.socket, worker) {
             Ok(listener) => listener,
             Err(e) => {
                 error!("worker {worker}: cannot accept on the listener: {e}");
@@ -524,14 +546,17 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
         acceptors.switched_to(current.generation);
         drop(current);
         loop {
-            // A permit per connection: at the limit we stop accepting and new clients wait
-            // in the kernel's backlog instead of being refused.
             let slots = acceptors.slots.load_full();
             let next = async {
-                match slots.acquire_owned().await {
-                    Ok(permit) => Some((permit, listener.accept().await)),
-                    Err(_) => None,
-                }
+                let (client, peer) = listener.accept().await?;
+                let permit = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => match slots.acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return Ok(None),
+                    },
+                };
+                Ok::<_, io::Error>(Some((permit, client, peer)))
             };
             let accepted = tokio::select! {
                 changed = sockets.changed() => {
@@ -542,24 +567,26 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
                 }
                 accepted = next => accepted,
             };
-            match accepted {
-                None => return,
-                Some((permit, Ok((client, peer)))) => {
-                    backoff.reset();
-                    let balancer = &acceptors.balancer;
-                    balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
-                    let balancer = Arc::clone(balancer);
-                    let cut_off = acceptors.cut_off.clone();
-                    acceptors.connections.spawn(async move {
-                        tokio::select! {
-                            () = serve_connection(client, peer, balancer) => {}
-                            () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
-                        }
-                        drop(permit);
-                    });
+            let (permit, client, peer) = match accepted {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => continue,
+                Err(e) => {
+                    backoff.on_error(e).await;
+                    continue;
                 }
-                Some((_, Err(e))) => backoff.on_error(e).await,
-            }
+            };
+            backoff.reset();
+            let balancer = &acceptors.balancer;
+            balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
+            let balancer = Arc::clone(balancer);
+            let cut_off = acceptors.cut_off.clone();
+            acceptors.connections.spawn(async move {
+                tokio::select! {
+                    () = serve_connection(client, peer, balancer) => {}
+                    () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
+                }
+                drop(permit);
+            });
         }
     }
 }

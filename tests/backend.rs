@@ -76,12 +76,13 @@ fn read_reply(s: &mut TcpStream) -> Reply {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(0) => panic!(
+        // read_exact retries reads interrupted by a signal.
+        match s.read_exact(&mut byte) {
+            Ok(()) => head.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => panic!(
                 "EOF inside a response head: {:?}",
                 String::from_utf8_lossy(&head)
             ),
-            Ok(_) => head.push(byte[0]),
             Err(e) => panic!("reading a response head: {e}"),
         }
     }
@@ -117,7 +118,13 @@ fn read_reply(s: &mut TcpStream) -> Reply {
 /// The server must have closed its side: the next read is EOF (not a timeout).
 fn assert_eof(s: &mut TcpStream) {
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
+    let read = loop {
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match read {
         Ok(0) => {}
         Ok(n) => panic!("expected EOF, got {:?}", String::from_utf8_lossy(&buf[..n])),
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
@@ -246,7 +253,7 @@ fn other_methods_are_405_and_head_has_no_body() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("read HEAD reply"), 1);
+        s.read_exact(&mut byte).expect("read HEAD reply");
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
