@@ -146,18 +146,20 @@ impl Selector {
 fn least_connections<C: Candidates + ?Sized>(candidates: &C, start: usize) -> Option<usize> {
     let n = candidates.len();
     let mut best: Option<(usize, Candidate)> = None;
-    for k in 0..n {
-        let i = (start + k) % n;
+    // Two ranges rather than `(start + k) % n`: no division per candidate.
+    for i in (start..n).chain(0..start) {
         let c = candidates.get(i);
         if !c.available || c.weight == 0 {
             continue;
         }
         let better = match best {
             None => true,
-            // a.active / a.weight < b.active / b.weight, without division.
+            // a.active / a.weight < b.active / b.weight, without division. Weights are at
+            // most 256, so the products cannot overflow for any count of connections a
+            // machine can hold.
             Some((_, b)) => {
-                u128::from(c.active) * u128::from(b.weight)
-                    < u128::from(b.active) * u128::from(c.weight)
+                c.active.saturating_mul(u64::from(b.weight))
+                    < b.active.saturating_mul(u64::from(c.weight))
             }
         };
         if better {
@@ -199,8 +201,8 @@ fn workload_sensitive<C: Candidates + ?Sized>(candidates: &C, start: usize) -> O
         spare_sum / f64::from(known)
     };
     let mut best: Option<(usize, f64, f64)> = None;
-    for k in 0..n {
-        let i = (start + k) % n;
+    // Two ranges rather than `(start + k) % n`: no division per candidate.
+    for i in (start..n).chain(0..start) {
         let c = candidates.get(i);
         if !c.available || c.weight == 0 {
             continue;
