@@ -1025,7 +1025,7 @@ out.append(
     f"at {conns}. Proxies round-robin over two `ballast-backend` servers on the same "
     "machine (direct: wrk to the first one, iperf3 straight to the server); HAProxy "
     "`mode tcp` with its default threads, nginx `stream` with `worker_processes auto`, "
-    "ballast with tokio's default worker threads and RUST_LOG=warn; no proxy logs "
+    "ballast with its default of one worker thread per CPU and RUST_LOG=warn; no proxy logs "
     "connections.")
 tools = ", ".join(x for x in (
     f"wrk {env['REPORT_V_WRK']}" if env.get("REPORT_V_WRK") else "",

@@ -723,7 +723,7 @@ fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
         (
             "ballast_backend_sent_bytes_total",
             "counter",
-            "Bytes sent to the backend, counted when each connection ends.",
+            "Bytes sent to the backend, counted as they move.",
             |b, _| {
                 Some(
                     b.stats()
@@ -736,7 +736,7 @@ fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
         (
             "ballast_backend_received_bytes_total",
             "counter",
-            "Bytes received from the backend, counted when each connection ends.",
+            "Bytes received from the backend, counted as they move.",
             |b, _| {
                 Some(
                     b.stats()

@@ -528,6 +528,17 @@ impl Config {
             }
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        // Port 0 asks the system for a free port each, so only fixed ports can collide.
+        if raw
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.0 == raw.listen.0 && a.0.port() != 0)
+        {
+            return Err(invalid(
+                locate(text, "admin:", 0),
+                "admin must listen on another address than listen".into(),
+            ));
+        }
         Ok(Config {
             listen: raw.listen.0,
             algorithm: raw.algorithm,
@@ -858,6 +869,16 @@ mod tests {
         );
         let e = parse(&GOOD.replace("listen: \"127.0.0.1:8080\",", "")).expect_err("invalid");
         assert!(e.to_string().ends_with("missing field `listen`"), "{e}");
+    }
+
+    #[test]
+    fn admin_must_not_share_the_listen_address() {
+        let text = GOOD.replace("backends:", "admin: \"127.0.0.1:8080\",\n    backends:");
+        let e = parse(&text).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:4:5: admin must listen on another address than listen"
+        );
     }
 
     #[test]

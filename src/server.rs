@@ -214,6 +214,17 @@ impl Balancer {
 /// Binds a listening socket with a deep backlog, so bursts of connections wait in the kernel
 /// rather than being refused.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    // SO_REUSEPORT would let a second balancer (or a stray copy of this one) share the port
+    // silently and take half its connections: a plain bind first makes that an error.
+    if addr.port() != 0 {
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     TcpListener::from_std(bind_std(addr)?)
 }
 

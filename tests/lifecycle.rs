@@ -348,3 +348,25 @@ async fn out_of_file_descriptors_backs_off_and_recovers() {
         "exited"
     );
 }
+
+#[tokio::test]
+async fn a_second_balancer_on_a_busy_port_refuses_to_start() {
+    let b = Balancer::start(&config("RoundRobin", &[("a", named_backend("a").await, 1)]));
+    let dir = TempDir::new();
+    let text = config("RoundRobin", &[("a", refusing_addr(), 1)])
+        .replace("127.0.0.1:0", &b.addr.to_string());
+    let path = dir.write("second.ron", &text);
+    let (code, _, err) = run_ballast(&["--config", &path.to_string_lossy()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {}: Address already in use",
+            b.addr
+        )),
+        "{err}"
+    );
+    // The first one never shared its port.
+    for _ in 0..4 {
+        assert_eq!(read_all(b.addr).await, "a");
+    }
+}
