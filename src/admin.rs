@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use serde::Serialize;
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::MAX_WEIGHT;
-use crate::http::{self, Limits, Request, Response};
+use crate::http::{self, Limits, Reply, Request};
 use crate::server::{Balancer, Snapshot, UnknownBackend};
 
 /// How often the chart's history takes a sample of every backend's active connections.
@@ -51,9 +50,6 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub const HISTORY_LEN: usize = 300;
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a closing connection keeps draining input so its last response is not lost to
-/// an RST.
-const LINGER: Duration = Duration::from_secs(2);
 /// After a failed `accept` (typically EMFILE), wait before retrying instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -241,89 +237,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 // --- connections and routing -----------------------------------------------------------------
 
-async fn serve_connection(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.split();
-    let mut rd = BufReader::new(rd);
-    loop {
-        let request = match http::read_request(&mut rd, &ctx.limits).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                if let Some(status) = e.status() {
-                    let reply = Reply::error(status, &e.to_string());
-                    http::write_response(&mut wr, status, JSON, &reply.body, false).await?;
-                    wr.shutdown().await?;
-                    http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
-                }
-                return Err(io::Error::other(e));
-            }
-        };
-        let keep_alive = request.wants_keep_alive();
-        let reply = respond(&request, ctx);
-        debug!(
-            "admin: {} {} -> {}",
-            request.method,
-            request.path(),
-            reply.status
-        );
-        Response {
-            status: reply.status,
-            content_type: reply.content_type,
-            body: &reply.body,
-            extra_headers: reply.headers,
-            keep_alive,
-            head_only: request.method == "HEAD",
+async fn serve_connection(stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
+    http::serve_requests(
+        stream,
+        &ctx.limits,
+        None,
+        error_reply,
+        |request| async move {
+            let reply = respond(&request, ctx);
+            debug!(
+                "admin: {} {} -> {}",
+                request.method,
+                request.path(),
+                reply.status
+            );
+            reply
+        },
+    )
+    .await
+}
+
+/// A reply no cache keeps: every admin answer is live state.
+fn fresh(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+    Reply::new(status, content_type, body).with_headers(NO_STORE)
+}
+
+fn json_reply(status: u16, value: &impl Serialize) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            fresh(status, JSON, body)
         }
-        .write_to(&mut wr)
-        .await?;
-        if !keep_alive {
-            wr.shutdown().await?;
-            http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
-            return Ok(());
-        }
+        Err(e) => error_reply(500, &format!("cannot encode the answer: {e}")),
     }
 }
 
-struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    headers: &'static [(&'static str, &'static str)],
-}
-
-impl Reply {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
-            status,
-            content_type,
-            body: body.into(),
-            headers: NO_STORE,
-        }
-    }
-
-    fn json(status: u16, value: &impl Serialize) -> Reply {
-        match serde_json::to_vec(value) {
-            Ok(mut body) => {
-                body.push(b'\n');
-                Reply::new(status, JSON, body)
-            }
-            Err(e) => Reply::error(500, &format!("cannot encode the answer: {e}")),
-        }
-    }
-
-    /// `{"error": message}` with `status`.
-    fn error(status: u16, message: &str) -> Reply {
-        let body = serde_json::json!({ "error": message });
-        let mut body = body.to_string().into_bytes();
-        body.push(b'\n');
-        Reply::new(status, JSON, body)
-    }
-
-    fn with_headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Reply {
-        self.headers = headers;
-        self
-    }
+/// `{"error": message}` with `status`.
+fn error_reply(status: u16, message: &str) -> Reply {
+    let body = serde_json::json!({ "error": message });
+    let mut body = body.to_string().into_bytes();
+    body.push(b'\n');
+    fresh(status, JSON, body)
 }
 
 fn respond(request: &Request, ctx: &Ctx) -> Reply {
@@ -332,7 +286,7 @@ fn respond(request: &Request, ctx: &Ctx) -> Reply {
     if let Some(token) = &snapshot.config.admin_token
         && !authorized(request, token)
     {
-        return Reply::error(
+        return error_reply(
             401,
             "this admin listener needs `Authorization: Bearer <token>` (or ?token=<token> on a GET)",
         )
@@ -341,15 +295,15 @@ fn respond(request: &Request, ctx: &Ctx) -> Reply {
     let readable = matches!(method, "GET" | "HEAD");
     let path = request.path();
     match path {
-        "/" if readable => Reply::new(200, HTML, render_page(&status(ctx, &snapshot))),
-        "/metrics" if readable => Reply::new(200, METRICS, metrics(&ctx.balancer, &snapshot)),
-        "/api/status" if readable => Reply::json(200, &status(ctx, &snapshot)),
+        "/" if readable => fresh(200, HTML, render_page(&status(ctx, &snapshot))),
+        "/metrics" if readable => fresh(200, METRICS, metrics(&ctx.balancer, &snapshot)),
+        "/api/status" if readable => json_reply(200, &status(ctx, &snapshot)),
         "/" | "/metrics" | "/api/status" => {
-            Reply::error(405, "method not allowed").with_headers(READ_ONLY)
+            error_reply(405, "method not allowed").with_headers(READ_ONLY)
         }
         _ => match path.strip_prefix("/api/backends/") {
             Some(rest) => backend_action(request, rest, ctx),
-            None => Reply::error(404, "not found"),
+            None => error_reply(404, "not found"),
         },
     }
 }
@@ -371,31 +325,31 @@ fn backend_action(request: &Request, rest: &str, ctx: &Ctx) -> Reply {
             name,
             Err("missing weight: POST /api/backends/{name}/weight/{n}".to_string()),
         ),
-        _ => return Reply::error(404, "not found"),
+        _ => return error_reply(404, "not found"),
     };
     if request.method != "POST" {
-        return Reply::error(405, "method not allowed: use POST").with_headers(POST_ONLY);
+        return error_reply(405, "method not allowed: use POST").with_headers(POST_ONLY);
     }
     if !same_origin(request) {
-        return Reply::error(403, "cross-origin request refused");
+        return error_reply(403, "cross-origin request refused");
     }
     let weight = match weight {
         Ok(weight) => weight,
-        Err(message) => return Reply::error(400, &message),
+        Err(message) => return error_reply(400, &message),
     };
     let Some(name) = percent_decode(name) else {
-        return Reply::error(400, "invalid percent-encoding in the backend name");
+        return error_reply(400, "invalid percent-encoding in the backend name");
     };
     match ctx.balancer.set_weight(&name, weight) {
         Ok(()) => {
             let snapshot = ctx.balancer.snapshot();
             match snapshot.backends.iter().find(|b| b.name == name) {
-                Some(b) => Reply::json(200, &backend_status(b, &snapshot, Instant::now())),
+                Some(b) => json_reply(200, &backend_status(b, &snapshot, Instant::now())),
                 // Only a reload racing with this request removes it.
-                None => Reply::error(404, &format!("unknown backend {name:?}")),
+                None => error_reply(404, &format!("unknown backend {name:?}")),
             }
         }
-        Err(UnknownBackend(name)) => Reply::error(404, &format!("unknown backend {name:?}")),
+        Err(UnknownBackend(name)) => error_reply(404, &format!("unknown backend {name:?}")),
     }
 }
 

@@ -12,10 +12,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::http::{self, Limits, Request, Response};
+use crate::http::{self, Limits, Reply, Request};
 
 /// Where `/load` gets its number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +46,6 @@ const PLAIN: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 /// Both endpoints are read-only.
 const ALLOW: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
-/// How long a closing connection keeps draining input so its last response is not lost to
-/// an RST.
-const LINGER: Duration = Duration::from_secs(2);
 /// How often the CPU sampler takes a reading; sysinfo needs at least
 /// `MINIMUM_CPU_UPDATE_INTERVAL` between samples for a meaningful difference.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -116,63 +112,23 @@ struct Ctx {
     limits: Limits,
 }
 
-async fn serve_connection(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
-    // Each response is a single write, but pipelined responses would otherwise wait for the
-    // peer's delayed ACK.
-    stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.split();
-    let mut rd = BufReader::new(rd);
-    let mut served: u64 = 0;
-    loop {
-        let request = match http::read_request(&mut rd, &ctx.limits).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                if let Some(status) = e.status() {
-                    let body = format!("{}\n", http::reason_phrase(status).to_ascii_lowercase());
-                    http::write_response(&mut wr, status, PLAIN, body.as_bytes(), false).await?;
-                    wr.shutdown().await?;
-                    http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
-                }
-                return Err(io::Error::other(e));
-            }
-        };
-        served += 1;
-        let keep_alive =
-            request.wants_keep_alive() && ctx.max_requests.is_none_or(|max| served < max);
-        let reply = respond(&request, ctx).await;
-        Response {
-            status: reply.status,
-            content_type: reply.content_type,
-            body: &reply.body,
-            extra_headers: if reply.status == 405 { ALLOW } else { &[] },
-            keep_alive,
-            head_only: request.method == "HEAD",
-        }
-        .write_to(&mut wr)
-        .await?;
-        if !keep_alive {
-            wr.shutdown().await?;
-            http::discard_input(&mut rd, ctx.limits.max_body_bytes, LINGER).await;
-            return Ok(());
-        }
-    }
+async fn serve_connection(stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
+    let on_error = |status: u16, _: &str| {
+        let reason = http::reason_phrase(status).to_ascii_lowercase();
+        Reply::new(status, PLAIN, format!("{reason}\n"))
+    };
+    http::serve_requests(
+        stream,
+        &ctx.limits,
+        ctx.max_requests,
+        on_error,
+        |request| async move { respond(&request, ctx).await },
+    )
+    .await
 }
 
-struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn plain(status: u16, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
-            status,
-            content_type: PLAIN,
-            body: body.into(),
-        }
-    }
+fn plain(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+    Reply::new(status, PLAIN, body)
 }
 
 async fn respond(request: &Request, ctx: &Ctx) -> Reply {
@@ -182,18 +138,14 @@ async fn respond(request: &Request, ctx: &Ctx) -> Reply {
             if request.method == "GET" && !ctx.burn.is_zero() {
                 burn(ctx.burn).await;
             }
-            Reply {
-                status: 200,
-                content_type: HTML,
-                body: ctx.page.clone(),
-            }
+            Reply::new(200, HTML, ctx.page.clone())
         }
         "/load" if readable => match ctx.load.read().await {
-            Some(load) => Reply::plain(200, load),
-            None => Reply::plain(503, "load unavailable\n"),
+            Some(load) => plain(200, load),
+            None => plain(503, "load unavailable\n"),
         },
-        "/" | "/load" => Reply::plain(405, "method not allowed\n"),
-        _ => Reply::plain(404, "not found\n"),
+        "/" | "/load" => plain(405, "method not allowed\n").with_headers(ALLOW),
+        _ => plain(404, "not found\n"),
     }
 }
 

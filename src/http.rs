@@ -833,3 +833,89 @@ mod tests {
         assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
     }
 }
+
+/// The answer to one request, as a responder builds it for [`serve_requests`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            headers: &[],
+        }
+    }
+
+    pub fn with_headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Reply {
+        self.headers = headers;
+        self
+    }
+}
+
+/// How long a connection we are closing keeps draining the client's input, so the last
+/// response is not lost to a reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Serves the requests of one connection in turn, the loop the demo backend and the admin
+/// listener share: each request goes to `respond`, whose reply is written with keep-alive
+/// as HTTP/1.1 defines it, until the client closes or asks to, or `max_requests` have been
+/// answered. A malformed request gets `on_error(status, why)` and the connection closes.
+pub async fn serve_requests<R, Fut>(
+    mut stream: tokio::net::TcpStream,
+    limits: &Limits,
+    max_requests: Option<u64>,
+    on_error: fn(u16, &str) -> Reply,
+    mut respond: R,
+) -> io::Result<()>
+where
+    R: FnMut(Request) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    // Each response is a single write, but pipelined responses would otherwise wait for the
+    // peer's delayed ACK.
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut served: u64 = 0;
+    loop {
+        let request = match read_request(&mut rd, limits).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if let Some(status) = e.status() {
+                    let reply = on_error(status, &e.to_string());
+                    write_response(&mut wr, status, reply.content_type, &reply.body, false).await?;
+                    wr.shutdown().await?;
+                    discard_input(&mut rd, limits.max_body_bytes, CLOSE_LINGER).await;
+                }
+                return Err(io::Error::other(e));
+            }
+        };
+        served += 1;
+        let keep_alive = request.wants_keep_alive() && max_requests.is_none_or(|max| served < max);
+        let head_only = request.method == "HEAD";
+        let reply = respond(request).await;
+        Response {
+            status: reply.status,
+            content_type: reply.content_type,
+            body: &reply.body,
+            extra_headers: reply.headers,
+            keep_alive,
+            head_only,
+        }
+        .write_to(&mut wr)
+        .await?;
+        if !keep_alive {
+            wr.shutdown().await?;
+            discard_input(&mut rd, limits.max_body_bytes, CLOSE_LINGER).await;
+            return Ok(());
+        }
+    }
+}
