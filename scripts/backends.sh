@@ -7,6 +7,8 @@
 #
 # Run `scripts/backends.sh help` for the details.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -48,32 +50,6 @@ bad_usage() {
     usage | sed -n '1,4p' >&2
     printf '\nRun "scripts/backends.sh help" for the details.\n' >&2
     exit 2
-}
-
-# Makes a path given by the caller absolute, relative to the directory the script was run from.
-absolute() {
-    case $1 in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$CALLER_DIR/$1" ;;
-    esac
-}
-
-is_uint() {
-    [[ $1 =~ ^[0-9]+$ ]]
-}
-
-# True while PID is a live process (a zombie counts as gone).
-alive() {
-    local pid=$1 state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        state=$(sed -e 's/^.*) //' -e 's/ .*//' "/proc/$pid/stat" 2>/dev/null) || return 0
-    elif command -v ps >/dev/null 2>&1; then
-        state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
-    else
-        return 0
-    fi
-    [[ $state != Z* ]]
 }
 
 # True if PID still runs ballast-backend, so a recycled PID is never signalled.

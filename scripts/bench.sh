@@ -6,6 +6,8 @@
 #
 # Run `scripts/bench.sh --help` for the details.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -72,26 +74,6 @@ die() {
 add_note() {
     note "$*"
     printf '%s\n' "$*" >>"$NOTES"
-}
-
-is_uint() {
-    [[ $1 =~ ^[0-9]+$ ]]
-}
-
-# Makes a path given by the caller absolute, relative to the directory the script was run from.
-absolute() {
-    case $1 in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$CALLER_DIR/$1" ;;
-    esac
-}
-
-# True while PID is a live process (a zombie counts as gone).
-alive() {
-    local pid=$1 state
-    kill -0 "$pid" 2>/dev/null || return 1
-    state=$(sed -e 's/^.*) //' -e 's/ .*//' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $state != Z* ]]
 }
 
 # Prints the given PIDs and all their descendants, one per line.

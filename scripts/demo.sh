@@ -5,6 +5,8 @@
 #
 # Run `scripts/demo.sh --help` for the details.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -46,32 +48,6 @@ bad_usage() {
     printf 'demo.sh: %s\n\n' "$*" >&2
     usage >&2
     exit 2
-}
-
-is_uint() {
-    [[ $1 =~ ^[0-9]+$ ]]
-}
-
-# Makes a path given by the caller absolute, relative to the directory the script was run from.
-absolute() {
-    case $1 in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$CALLER_DIR/$1" ;;
-    esac
-}
-
-# True while PID is a live process (a zombie counts as gone).
-alive() {
-    local pid=$1 state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        state=$(sed -e 's/^.*) //' -e 's/ .*//' "/proc/$pid/stat" 2>/dev/null) || return 0
-    elif command -v ps >/dev/null 2>&1; then
-        state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
-    else
-        return 0
-    fi
-    [[ $state != Z* ]]
 }
 
 # True if PID is alive and its command line contains WORD (default: ballast), so a recycled

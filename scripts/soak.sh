@@ -6,6 +6,8 @@
 #
 # Run `scripts/soak.sh --help` for the details.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -73,32 +75,6 @@ bad_usage() {
     usage | sed -n '1,2p' >&2
     printf 'Run "scripts/soak.sh --help" for the details.\n' >&2
     exit 2
-}
-
-is_uint() {
-    [[ $1 =~ ^[0-9]+$ ]]
-}
-
-# Makes a path given by the caller absolute, relative to the directory the script was run from.
-absolute() {
-    case $1 in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$CALLER_DIR/$1" ;;
-    esac
-}
-
-# True while PID is a live process (a zombie counts as gone).
-alive() {
-    local pid=$1 state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        state=$(sed -e 's/^.*) //' -e 's/ .*//' "/proc/$pid/stat" 2>/dev/null) || return 0
-    elif command -v ps >/dev/null 2>&1; then
-        state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
-    else
-        return 0
-    fi
-    [[ $state != Z* ]]
 }
 
 # True if PID is alive and its command line contains WORD, so a recycled PID is left alone.
