@@ -278,7 +278,7 @@ struct Acceptors {
     switched: Mutex<HashMap<u64, usize>>,
     switch_seen: Notify,
     /// One permit per open client connection.
-    slots: ArcSwap<Semaphore>,
+    slots: Arc<Semaphore>,
     /// Every client connection, on every worker.
     connections: TaskTracker,
     /// Cancelled when the grace period is over: remaining connections are closed.
@@ -353,7 +353,7 @@ pub async fn run_with_reloads(
         listener: watch::Sender::new(Some(first_socket)),
         switched: Mutex::new(HashMap::new()),
         switch_seen: Notify::new(),
-        slots: ArcSwap::from_pointee(slots),
+        slots: Arc::new(slots),
         connections: TaskTracker::new(),
         cut_off: CancellationToken::new(),
         finished: CancellationToken::new(),
@@ -451,11 +451,12 @@ pub async fn run_with_reloads(
                 .send_replace(Some(Arc::new(ListenSocket { generation, socket })));
             acceptors.wait_switched(generation, workers).await;
         }
-        if config.limits.max_connections != current.config.limits.max_connections {
-            acceptors
-                .slots
-                .store(Arc::new(Semaphore::new(config.limits.max_connections)));
-        }
+        resize_slots(
+            &acceptors.slots,
+            current.config.limits.max_connections,
+            config.limits.max_connections,
+            &background,
+        );
         relay::zero_copy::set_max_pipes(config.relay.max_pipes);
         let next = balancer.reload(config);
         stop_monitors.cancel();
@@ -510,6 +511,29 @@ pub async fn run_with_reloads(
     Ok(())
 }
 
+/// Grows or shrinks the connection limit in place, so connections already open keep
+/// counting against it. Shrinking takes back free permits at once and the rest as open
+/// connections end.
+fn resize_slots(slots: &Arc<Semaphore>, from: usize, to: usize, background: &TaskTracker) {
+    if to >= from {
+        slots.add_permits(to - from);
+        return;
+    }
+    let owed = (from - to) - slots.forget_permits(from - to);
+    if owed == 0 {
+        return;
+    }
+    let Ok(owed) = u32::try_from(owed) else {
+        return;
+    };
+    let slots = Arc::clone(slots);
+    background.spawn(async move {
+        if let Ok(permits) = slots.acquire_many_owned(owed).await {
+            permits.forget();
+        }
+    });
+}
+
 /// The socket accept loop `worker` accepts on. Worker 0 takes a duplicate of the shared
 /// socket; the others bind a socket of their own to the same address with `SO_REUSEPORT`,
 /// so the kernel spreads new connections evenly across workers instead of whichever thread
@@ -557,12 +581,12 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
         acceptors.switched_to(current.generation);
         drop(current);
         loop {
-            let slots = acceptors.slots.load_full();
+            let slots = &acceptors.slots;
             let next = async {
                 let (client, peer) = listener.accept().await?;
-                let permit = match Arc::clone(&slots).try_acquire_owned() {
+                let permit = match Arc::clone(slots).try_acquire_owned() {
                     Ok(permit) => permit,
-                    Err(_) => match slots.acquire_owned().await {
+                    Err(_) => match Arc::clone(slots).acquire_owned().await {
                         Ok(permit) => permit,
                         Err(_) => return Ok(None),
                     },

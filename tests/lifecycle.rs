@@ -370,3 +370,39 @@ async fn a_second_balancer_on_a_busy_port_refuses_to_start() {
         assert_eq!(read_all(b.addr).await, "a");
     }
 }
+
+#[tokio::test]
+async fn raising_max_connections_by_reload_counts_the_open_ones() {
+    let (echo, accepted) = counting_echo().await;
+    let limited = |max: usize| {
+        config_with(
+            "RoundRobin",
+            &[("echo", echo, 1)],
+            &format!("{NO_PROBES} limits: (max_connections: {max}),"),
+        )
+    };
+    let b = Balancer::start(&limited(1));
+    let mut first = connect(b.addr).await;
+    assert_eq!(echo_once(&mut first, b"1").await, b"1");
+    let mut second = connect(b.addr).await;
+    within(second.write_all(b"2")).await.expect("write");
+    // Raised to 2: the waiting client gets the new slot, the open one keeps its own.
+    let verdict = b.reload(&limited(2));
+    assert!(verdict.contains("reloaded"), "{verdict}");
+    let mut byte = [0u8; 1];
+    within(second.read_exact(&mut byte))
+        .await
+        .expect("served after the raise");
+    assert_eq!(&byte, b"2");
+    // Both slots are taken: a third client waits.
+    let mut third = connect(b.addr).await;
+    within(third.write_all(b"3")).await.expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(early.is_err(), "served beyond the raised limit");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(first);
+    within(third.read_exact(&mut byte))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(&byte, b"3");
+}
