@@ -43,22 +43,12 @@ fn start(config_text: &str) -> (Balancer, SocketAddr) {
     (b, admin)
 }
 
-/// One parsed HTTP response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// Admin answers are JSON.
+trait JsonReply {
+    fn json(&self) -> Value;
 }
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl JsonReply for Reply {
     fn json(&self) -> Value {
         assert_eq!(
             self.header("content-type"),

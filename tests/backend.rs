@@ -54,21 +54,7 @@ fn send(s: &mut TcpStream, request: &str) {
     s.write_all(request.as_bytes()).expect("send request");
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+use common::Reply;
 
 /// Reads exactly one response (head plus `Content-Length` body), leaving the connection
 /// positioned at the next one.
