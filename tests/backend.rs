@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::Reply;
+
 /// Upper bound for anything the backend should do promptly; only reached when a test fails.
 const TIMEOUT: Duration = common::WAIT;
 
@@ -53,8 +55,6 @@ impl Backend {
 fn send(s: &mut TcpStream, request: &str) {
     s.write_all(request.as_bytes()).expect("send request");
 }
-
-use common::Reply;
 
 /// Reads exactly one response (head plus `Content-Length` body), leaving the connection
 /// positioned at the next one.
