@@ -52,20 +52,6 @@ bad_usage() {
     exit 2
 }
 
-# True if PID still runs ballast-backend, so a recycled PID is never signalled.
-is_backend() {
-    local pid=$1 cmd
-    alive "$pid" || return 1
-    if [[ -r /proc/$pid/cmdline ]]; then
-        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    elif command -v ps >/dev/null 2>&1; then
-        cmd=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
-    else
-        return 0
-    fi
-    [[ $cmd == *ballast-backend* ]]
-}
-
 # Sends SIGTERM to the given PIDs, waits up to STOP_TIMEOUT seconds for them to exit, then
 # sends SIGKILL to the ones left.
 terminate() {
@@ -151,7 +137,7 @@ cmd_start() {
 
     local pid port running=()
     while read -r pid port _; do
-        if [[ -n $pid ]] && is_backend "$pid"; then running+=("$pid:$port"); fi
+        if [[ -n $pid ]] && is_ours "$pid" ballast-backend; then running+=("$pid:$port"); fi
     done < <(recorded)
     if ((${#running[@]} > 0)); then
         die "backends are already running (pid:port ${running[*]}); run 'scripts/backends.sh stop' first"
@@ -237,7 +223,7 @@ cmd_status() {
     while read -r pid port id; do
         [[ -n $pid ]] || continue
         any=1
-        if is_backend "$pid"; then
+        if is_ours "$pid" ballast-backend; then
             up=$((up + 1))
             printf '127.0.0.1:%s\t%s\tpid %s\trunning\n' "$port" "$id" "$pid"
         else
@@ -261,7 +247,7 @@ cmd_stop() {
     local pid port id pids=()
     while read -r pid port id; do
         [[ -n $pid ]] || continue
-        if is_backend "$pid"; then pids+=("$pid"); fi
+        if is_ours "$pid" ballast-backend; then pids+=("$pid"); fi
     done < <(recorded)
     terminate ${pids[@]+"${pids[@]}"}
     rm -f "$PID_FILE"

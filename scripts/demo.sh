@@ -50,21 +50,6 @@ bad_usage() {
     exit 2
 }
 
-# True if PID is alive and its command line contains WORD (default: ballast), so a recycled
-# PID is left alone.
-is_ours() {
-    local pid=$1 word=${2:-ballast} cmd
-    alive "$pid" || return 1
-    if [[ -r /proc/$pid/cmdline ]]; then
-        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    elif command -v ps >/dev/null 2>&1; then
-        cmd=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
-    else
-        return 0
-    fi
-    [[ $cmd == *"$word"* ]]
-}
-
 # Reads CONFIG (RON) and prints `listen<TAB>ADDR` and one `backend<TAB>NAME<TAB>ADDR` per
 # entry of `backends`, or `error<TAB>MESSAGE` lines. A small tokenizer rather than line
 # matching: it skips `//` and nested `/* */` comments and strings, tracks bracket depth and

@@ -28,3 +28,18 @@ alive() {
     fi
     [[ $state != Z* ]]
 }
+
+# True if PID is alive and its command line contains WORD (default: ballast), so a recycled
+# PID is left alone.
+is_ours() {
+    local pid=$1 word=${2:-ballast} cmd
+    alive "$pid" || return 1
+    if [[ -r /proc/$pid/cmdline ]]; then
+        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    elif command -v ps >/dev/null 2>&1; then
+        cmd=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+    else
+        return 0
+    fi
+    [[ $cmd == *"$word"* ]]
+}
