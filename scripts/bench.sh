@@ -14,10 +14,11 @@ usage() {
 Usage: scripts/bench.sh
 
 Measures, in one go and on the same backends (two `ballast-backend` servers and one
-`iperf3 -s`), four ways to reach them: direct (no proxy), ballast, HAProxy (`mode tcp`,
-default threads) and nginx (`stream`, `worker_processes auto`). Every round runs each
-system in turn with a freshly started proxy (round 1: direct, ballast, haproxy, nginx;
-round 2: the same ...), so drift on a noisy machine affects them all alike:
+`iperf3 -s`), five ways to reach them: direct (no proxy), floor (the bare epoll relay of
+scripts/floor_relay.rs: what any user-space relay costs at the least), ballast, HAProxy
+(`mode tcp`, default threads) and nginx (`stream`, `worker_processes auto`). Every round
+runs each system in turn with a freshly started proxy (round 1: direct, floor, ballast,
+haproxy, nginx; round 2: the same ...), so drift on a noisy machine affects them all alike:
 
   keep-alive   wrk -t2 -c64 --latency GET /: requests/s and p99 latency
   churn        the same with `Connection: close`: requests/s
@@ -45,15 +46,15 @@ Environment:
   BENCH_IDLE_CONNS=4000    connections of the idle-memory run
   BENCH_THREADS=2          wrk threads
   BENCH_WARMUP=1           seconds of wrk warm-up after each proxy starts
-  BENCH_SYSTEMS="direct ballast haproxy nginx"
+  BENCH_SYSTEMS="direct floor ballast haproxy nginx"
+                           systems to run, in this order
   BENCH_BALLAST_EXTRA      extra top-level keys for ballast's configurations, such as
                            'workers: 1,' (to compare settings)
-                           systems to run, in this order
-  BENCH_PORT=18100         first of nine consecutive ports used on 127.0.0.1
+  BENCH_PORT=18100         first of eleven consecutive ports used on 127.0.0.1
   BENCH_READY_TIMEOUT=10   seconds to wait for a process to listen
   BENCH_STOP_TIMEOUT=10    seconds after SIGTERM before SIGKILL
-  BALLAST_BIN_DIR          use ballast and ballast-backend from this directory and skip
-                           `cargo build --release`
+  BALLAST_BIN_DIR          use ballast, ballast-backend and examples/floor_relay from this
+                           directory and skip `cargo build --release`
   BALLAST_RUN_DIR          output directory (default: target/ballast-run)
 
 ballast and the backends run with RUST_LOG=warn (no per-connection logging, like the
@@ -278,13 +279,13 @@ done
     die "BENCH_SECONDS, BENCH_RUNS, BENCH_THREADS and BENCH_IDLE_CONNS must be at least 1"
 ((CONNS >= THREADS && SCALE_CONNS >= THREADS)) ||
     die "BENCH_CONNS and BENCH_SCALE_CONNS must be at least BENCH_THREADS ($THREADS)"
-((BASE_PORT >= 1024 && BASE_PORT + 8 <= 65535)) || die "BENCH_PORT must be 1024..65527"
-read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-direct ballast haproxy nginx}"
+((BASE_PORT >= 1024 && BASE_PORT + 10 <= 65535)) || die "BENCH_PORT must be 1024..65525"
+read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-direct floor ballast haproxy nginx}"
 ((${#SYSTEMS[@]} > 0)) || die "BENCH_SYSTEMS is empty"
 for sys in "${SYSTEMS[@]}"; do
     case $sys in
-    direct | ballast | haproxy | nginx) ;;
-    *) die "BENCH_SYSTEMS: unknown system '$sys' (expected direct, ballast, haproxy, nginx)" ;;
+    direct | floor | ballast | haproxy | nginx) ;;
+    *) die "BENCH_SYSTEMS: unknown system '$sys' (expected direct, floor, ballast, haproxy, nginx)" ;;
     esac
 done
 
@@ -338,7 +339,9 @@ HAPROXY_HTTP=$((BASE_PORT + 5))
 HAPROXY_BULK=$((BASE_PORT + 6))
 NGINX_HTTP=$((BASE_PORT + 7))
 NGINX_BULK=$((BASE_PORT + 8))
-for ((port = BASE_PORT; port <= BASE_PORT + 8; port++)); do
+FLOOR_HTTP=$((BASE_PORT + 9))
+FLOOR_BULK=$((BASE_PORT + 10))
+for ((port = BASE_PORT; port <= BASE_PORT + 10; port++)); do
     if listening "$port"; then
         die "127.0.0.1:$port is in use; choose another range of nine ports with BENCH_PORT"
     fi
@@ -426,13 +429,21 @@ if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
     BIN_DIR=$(absolute "$BALLAST_BIN_DIR")
 else
     note "cargo build --release"
-    cargo build --release --bin ballast --bin ballast-backend >&2 || die "cargo build --release failed"
+    cargo build --release --bin ballast --bin ballast-backend --example floor_relay >&2 ||
+        die "cargo build --release failed"
     BIN_DIR=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release
 fi
 BALLAST=$BIN_DIR/ballast
 BACKEND=$BIN_DIR/ballast-backend
 [[ -x $BALLAST ]] || die "no executable ballast in $BIN_DIR"
 [[ -x $BACKEND ]] || die "no executable ballast-backend in $BIN_DIR"
+FLOOR=$BIN_DIR/examples/floor_relay
+if [[ " ${SYSTEMS[*]} " == *" floor "* && ! -x $FLOOR ]]; then
+    add_note "floor is skipped: no $FLOOR (cargo build --release --example floor_relay)"
+    WANT=()
+    for sys in "${SYSTEMS[@]}"; do [[ $sys == floor ]] || WANT+=("$sys"); done
+    SYSTEMS=(${WANT[@]+"${WANT[@]}"})
+fi
 
 # --- configurations ------------------------------------------------------------------------
 
@@ -647,6 +658,22 @@ start_system() {
             RUST_LOG=warn "$BALLAST" --config "$CONF_DIR/$conf.ron" </dev/null >"$log" 2>&1 &
             SYS_PIDS+=("$!")
             wait_listening "$!" "ballast ($conf)" "$log" "$port" || return 1
+        done
+        MEM_PIDS=("${SYS_PIDS[0]}")
+        ;;
+    floor)
+        HTTP_PORT=$FLOOR_HTTP
+        BULK_PORT=$FLOOR_BULK
+        for port in "$HTTP_PORT" "$BULK_PORT"; do
+            log=$LOG_DIR/r$ROUND-floor-$port.log
+            wait_port_free "$port" || return 1
+            if [[ $port == "$HTTP_PORT" ]]; then
+                "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$B1_PORT,127.0.0.1:$B2_PORT" </dev/null >"$log" 2>&1 &
+            else
+                "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$IPERF_PORT" </dev/null >"$log" 2>&1 &
+            fi
+            SYS_PIDS+=("$!")
+            wait_listening "$!" "floor_relay" "$log" "$port" || return 1
         done
         MEM_PIDS=("${SYS_PIDS[0]}")
         ;;
@@ -959,6 +986,7 @@ for key, _, higher, _, _ in columns:
 
 labels = {
     "direct": "direct (no proxy)",
+    "floor": "floor (bare epoll relay)",
     "ballast": f"ballast {env.get('REPORT_V_BALLAST', '')}".strip(),
     "haproxy": f"HAProxy {env.get('REPORT_V_HAPROXY', '')}".strip(),
     "nginx": f"nginx {env.get('REPORT_V_NGINX', '')}".strip(),
@@ -1007,8 +1035,9 @@ out.append(
     f"at {conns}. Proxies round-robin over two `ballast-backend` servers on the same "
     "machine (direct: wrk to the first one, iperf3 straight to the server); HAProxy "
     "`mode tcp` with its default threads, nginx `stream` with `worker_processes auto`, "
-    "ballast with its default of one worker thread per CPU and RUST_LOG=warn; no proxy logs "
-    "connections.")
+    "ballast with its default of one worker thread per CPU and RUST_LOG=warn, floor "
+    "(`scripts/floor_relay.rs`: the leanest relay we can write, one level-triggered epoll "
+    "loop per CPU and nothing else) with one thread per CPU too; no proxy logs connections.")
 tools = ", ".join(x for x in (
     f"wrk {env['REPORT_V_WRK']}" if env.get("REPORT_V_WRK") else "",
     f"iperf3 {env['REPORT_V_IPERF']}" if env.get("REPORT_V_IPERF") else "") if x)
