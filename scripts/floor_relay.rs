@@ -22,22 +22,24 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BUFFER: usize = 16 * 1024;
 const LISTENER: u64 = u64::MAX;
 
+/// LISTEN, the backends and the thread count, or `None` when the arguments are not that.
+fn parse_args(args: &[String]) -> Option<(SocketAddr, Vec<SocketAddr>, usize)> {
+    let listen = args.first()?.parse().ok()?;
+    let backends = args
+        .get(1)?
+        .split(',')
+        .map(|a| a.parse().ok())
+        .collect::<Option<Vec<SocketAddr>>>()?;
+    let threads = match args.get(2) {
+        Some(n) => n.parse().ok().filter(|&n| n > 0)?,
+        None => thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    (args.len() <= 3 && !backends.is_empty()).then_some((listen, backends, threads))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = (|| -> Option<(SocketAddr, Vec<SocketAddr>, usize)> {
-        let listen = args.first()?.parse().ok()?;
-        let backends = args
-            .get(1)?
-            .split(',')
-            .map(|a| a.parse().ok())
-            .collect::<Option<Vec<SocketAddr>>>()?;
-        let threads = match args.get(2) {
-            Some(n) => n.parse().ok().filter(|&n| n > 0)?,
-            None => thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        (args.len() <= 3 && !backends.is_empty()).then_some((listen, backends, threads))
-    })();
-    let Some((listen, backends, threads)) = parsed else {
+    let Some((listen, backends, threads)) = parse_args(&args) else {
         eprintln!("usage: floor_relay LISTEN BACKEND[,BACKEND...] [THREADS]");
         return ExitCode::from(2);
     };
@@ -250,4 +252,112 @@ fn finish_if_drained(pair: &mut Pair, from: usize) -> io::Result<bool> {
         pair.sockets[1 - from].shutdown(Shutdown::Write)?;
     }
     Ok(!(pair.directions[0].done && pair.directions[1].done))
+}
+
+/// The floor is only a fair floor if it relays correctly. These run the relay loop in-process
+/// (`cargo test --all-targets` builds examples as test binaries, not as runnable programs)
+/// over real loopback sockets.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Bounds every blocking read and write, so a broken relay fails the test, not hangs it.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn start_relay(backends: Vec<SocketAddr>) -> SocketAddr {
+        let listener = reuseport_listener("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let addr = listener.local_addr().expect("address");
+        thread::spawn(move || serve(listener, &backends));
+        addr
+    }
+
+    /// A backend thread per connection, running `handle` on it.
+    fn backend(handle: fn(TcpStream)) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || handle(stream));
+            }
+        });
+        addr
+    }
+
+    fn echo(stream: TcpStream) {
+        let mut reader = stream.try_clone().expect("clone");
+        let mut writer = stream;
+        if io::copy(&mut reader, &mut writer).is_ok() {
+            let _ = writer.shutdown(Shutdown::Write);
+        }
+    }
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("timeout");
+        stream
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn transfers_come_back_intact_and_half_close_is_passed_on() {
+        let relay = start_relay(vec![backend(echo)]);
+        for len in [1, 70_000, 8 * 1024 * 1024] {
+            let data = pattern(len);
+            let stream = connect(relay);
+            let mut writer = stream.try_clone().expect("clone");
+            let sent = data.clone();
+            let sender = thread::spawn(move || {
+                writer.write_all(&sent).expect("write");
+                writer.shutdown(Shutdown::Write).expect("shutdown");
+            });
+            let mut back = Vec::new();
+            (&stream).read_to_end(&mut back).expect("read to EOF");
+            sender.join().expect("sender");
+            assert_eq!(back.len(), len);
+            assert!(back == data, "{len} bytes came back altered");
+        }
+    }
+
+    #[test]
+    fn connections_alternate_between_backends() {
+        fn greet_a(mut s: TcpStream) {
+            let _ = s.write_all(b"a");
+        }
+        fn greet_b(mut s: TcpStream) {
+            let _ = s.write_all(b"b");
+        }
+        let relay = start_relay(vec![backend(greet_a), backend(greet_b)]);
+        let names: Vec<String> = (0..6)
+            .map(|_| {
+                let mut stream = connect(relay);
+                stream.shutdown(Shutdown::Write).expect("shutdown");
+                let mut name = String::new();
+                stream.read_to_string(&mut name).expect("read");
+                name
+            })
+            .collect();
+        assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn arguments() {
+        let args = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let one: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let two: SocketAddr = "127.0.0.1:2".parse().expect("address");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        assert_eq!(
+            args(&["127.0.0.1:0", "127.0.0.1:1,127.0.0.1:2", "3"]),
+            Some((listen, vec![one, two], 3))
+        );
+        assert_eq!(args(&[]), None);
+        assert_eq!(args(&["127.0.0.1:0"]), None);
+        assert_eq!(args(&["127.0.0.1:0", "127.0.0.1:1", "0"]), None);
+        assert_eq!(args(&["127.0.0.1:0", "nowhere"]), None);
+        assert_eq!(args(&["127.0.0.1:0", "127.0.0.1:1", "1", "extra"]), None);
+    }
 }
