@@ -73,6 +73,8 @@ pub enum End {
     HalfCloseTimeout { closed: Side },
     /// Reading from or writing to `side` failed (typically a reset).
     Error { side: Side, error: io::Error },
+    /// The caller's `stop` future completed (the shutdown grace period is over).
+    Stopped,
 }
 
 impl fmt::Display for End {
@@ -87,17 +89,19 @@ impl fmt::Display for End {
                 )
             }
             End::Error { side, error } => write!(f, "{side} error: {error}"),
+            End::Stopped => f.write_str("closed at end of grace period"),
         }
     }
 }
 
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
-/// expires, or either side fails. Returns what was moved and how it ended.
+/// expires, either side fails or `stop` completes. Returns what was moved and how it ended.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     limits: Limits,
     totals: Totals<'_>,
+    stop: impl Future<Output = ()>,
 ) -> (Transferred, End) {
     let clock = Activity::new();
     let up_bytes = Tally::new(totals.to_backend);
@@ -107,6 +111,7 @@ pub async fn relay(
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
     tokio::pin!(timer);
+    tokio::pin!(stop);
     let end = loop {
         // One hand-written poll for both directions and the clock: the readiness wakers live
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
@@ -128,13 +133,17 @@ pub async fn relay(
             if upstream.take_progress() | downstream.take_progress() {
                 clock.touch();
             }
-            match event {
-                Some(event) => Poll::Ready(event),
-                None => timer.as_mut().poll(cx).map(|()| Event::Timer),
+            if let Some(event) = event {
+                return Poll::Ready(event);
             }
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            timer.as_mut().poll(cx).map(|()| Event::Timer)
         })
         .await;
         match event {
+            Event::Stop => break End::Stopped,
             Event::Finished(_, Err(end)) => break end,
             Event::Finished(side, Ok(())) => match first_closed {
                 Some(_) => {
@@ -168,9 +177,9 @@ pub async fn relay(
             timer.as_mut().reset(deadline);
         }
     };
-    if let End::Error { .. } = end {
-        // Pass the failure on as a reset rather than a clean close, so the other side cannot
-        // mistake a truncated stream for a complete one.
+    if let End::Error { .. } | End::Stopped = end {
+        // Pass a failure or a cut-off on as a reset rather than a clean close, so the other
+        // side cannot mistake a truncated stream for a complete one.
         for socket in [&client, &backend] {
             let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
         }
@@ -251,6 +260,7 @@ enum Event {
     /// The direction whose source is this side finished (EOF passed on) or failed.
     Finished(Side, Result<(), End>),
     Timer,
+    Stop,
 }
 
 impl Side {

@@ -616,10 +616,7 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
             let balancer = Arc::clone(balancer);
             let cut_off = acceptors.cut_off.clone();
             acceptors.connections.spawn(async move {
-                tokio::select! {
-                    () = serve_connection(client, peer, balancer) => {}
-                    () = cut_off.cancelled() => debug!("{peer}: closed at end of grace period"),
-                }
+                serve_connection(client, peer, balancer, cut_off).await;
                 drop(permit);
             });
         }
@@ -782,14 +779,34 @@ async fn connect_backend(
     }
 }
 
-/// Serves one client: a backend, then the relay until both sides are done.
-async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Balancer>) {
+/// Serves one client: a backend, then the relay until both sides are done or `cut_off`
+/// (the end of the shutdown grace period) closes it.
+async fn serve_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    balancer: Arc<Balancer>,
+    cut_off: CancellationToken,
+) {
     let started = Instant::now();
     let snapshot = balancer.snapshot();
     let access_log = snapshot.config.access_log;
     // Boxed so that its larger state is freed once connected, instead of sizing every
     // long-lived connection's task for it.
-    let connected = Box::pin(connect_backend(peer, &snapshot, &balancer)).await;
+    let connecting = Box::pin(connect_backend(peer, &snapshot, &balancer));
+    let connected = tokio::select! {
+        connected = connecting => connected,
+        () = cut_off.cancelled() => {
+            access(
+                access_log,
+                format_args!(
+                    "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
+                    started.elapsed().as_millis(),
+                    relay::End::Stopped
+                ),
+            );
+            return;
+        }
+    };
     let Some((guard, upstream)) = connected else {
         balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
         access(
@@ -815,7 +832,7 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Bal
         to_backend: &stats.bytes_to_backend,
         to_client: &stats.bytes_to_client,
     };
-    let (moved, end) = relay::relay(client, upstream, limits, totals).await;
+    let (moved, end) = relay::relay(client, upstream, limits, totals, cut_off.cancelled()).await;
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
     access(

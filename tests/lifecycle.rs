@@ -141,22 +141,38 @@ async fn sigterm_stops_accepting_drains_and_exits_zero() {
 
 #[tokio::test]
 async fn grace_period_bounds_the_drain() {
+    let echo = echo_backend().await;
     let mut b = Balancer::start(&config_with(
         "RoundRobin",
-        &[("echo", echo_backend().await, 1)],
+        &[("echo", echo, 1)],
         "timeouts: (grace: \"300ms\"),",
     ));
     let mut open = connect(b.addr).await;
     assert_eq!(echo_once(&mut open, b"x").await, b"x");
     let asked = Instant::now();
     b.proc.signal("TERM");
-    assert!(closed_without_data(&mut open).await);
+    // Cut off mid-stream: a reset, so the client cannot take it for a complete stream.
+    let mut buf = [0u8; 16];
+    let cut = within(open.read(&mut buf)).await;
+    assert_eq!(
+        cut.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     let status = b.proc.wait_exit();
     assert_eq!(status.code(), Some(0));
     assert!(asked.elapsed() >= Duration::from_millis(300));
     b.log.wait_for(1, |l| {
         l.contains("grace period over: closing 1 remaining connections")
     });
+    // The cut connection still gets its access-log line, with what it moved.
+    let client = open.local_addr().expect("client address");
+    let line = b.log.wait_for(1, |l| l.contains("ballast::access"));
+    let moved = format!("] {client} -> echo ({echo}): 1 bytes up, 1 bytes down, ");
+    assert!(line.contains(&moved), "{line}");
+    assert!(
+        line.ends_with(" ms, closed at end of grace period"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -232,13 +248,17 @@ async fn a_full_backend_is_skipped() {
 
 /// Backends `a` and `b`, each limited to one connection, with the given queue settings.
 async fn two_single_slot_backends(queue: &str) -> Balancer {
+    two_single_slot_backends_and(queue, "").await
+}
+
+async fn two_single_slot_backends_and(queue: &str, extra: &str) -> Balancer {
     let text = config_with(
         "RoundRobin",
         &[
             ("a", echo_backend().await, 1),
             ("b", echo_backend().await, 1),
         ],
-        &format!("{NO_PROBES} limits: ({queue}),"),
+        &format!("{NO_PROBES} limits: ({queue}), {extra}"),
     )
     .replace("weight: 1)", "weight: 1, max_connections: 1)");
     Balancer::start(&text)
@@ -285,6 +305,33 @@ async fn the_queue_is_bounded_in_time_and_size() {
         .wait_for(1, |l| l.contains("every backend stayed full for 300ms"));
     // The connections being served never noticed.
     assert_eq!(echo_once(&mut first, b"3").await, b"3");
+}
+
+#[tokio::test]
+async fn a_client_still_queued_when_the_grace_period_ends_is_closed_and_logged() {
+    let mut b = two_single_slot_backends_and(
+        "queue: 8, queue_timeout: \"1h\"",
+        "timeouts: (grace: \"300ms\"),",
+    )
+    .await;
+    let mut first = connect(b.addr).await;
+    let mut second = connect(b.addr).await;
+    assert_eq!(echo_once(&mut first, b"1").await, b"1");
+    assert_eq!(echo_once(&mut second, b"2").await, b"2");
+    let mut queued = connect(b.addr).await;
+    b.log
+        .wait_for(1, |l| l.contains("every backend is full; queued"));
+    b.proc.signal("TERM");
+    assert!(closed_without_data(&mut queued).await);
+    assert_eq!(b.proc.wait_exit().code(), Some(0));
+    let client = queued.local_addr().expect("client address");
+    let line = b.log.wait_for(1, |l| {
+        l.contains(&format!("] {client} -> -: 0 bytes up, 0 bytes down, "))
+    });
+    assert!(
+        line.ends_with(" ms, closed at end of grace period"),
+        "{line}"
+    );
 }
 
 /// User and system CPU time of `pid` so far, from /proc.
