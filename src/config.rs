@@ -2,7 +2,6 @@
 //! validated into domain types. Every error names the file and, where the text is at fault,
 //! the line and column.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,7 +129,7 @@ pub struct BackendConfig {
 }
 
 /// An active health check.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
     /// The backend passes when a TCP connection to it succeeds.
     Tcp,
@@ -268,8 +267,8 @@ impl std::error::Error for ConfigError {
 struct RawConfig {
     listen: Addr,
     algorithm: Algorithm,
-    workers: Option<usize>,
-    backends: Vec<RawBackend>,
+    workers: Option<Checked<Workers>>,
+    backends: Backends,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -281,7 +280,7 @@ struct RawConfig {
     #[serde(default)]
     load_poll: RawLoadPoll,
     admin: Option<Addr>,
-    admin_token: Option<String>,
+    admin_token: Option<Token>,
     #[serde(default)]
     access_log: AccessLog,
 }
@@ -296,7 +295,7 @@ struct RawRelay {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    max_connections: Option<usize>,
+    max_connections: Option<Checked<ClientLimit>>,
     queue: Option<usize>,
     queue_timeout: Option<HumanDuration>,
 }
@@ -304,43 +303,248 @@ struct RawLimits {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    check: Option<Check>,
-    interval: Option<HumanDuration>,
-    timeout: Option<HumanDuration>,
-    rise: Option<u32>,
-    fall: Option<u32>,
+    check: Option<RawCheck>,
+    interval: Option<Positive>,
+    timeout: Option<Positive>,
+    rise: Option<Checked<CheckCount>>,
+    fall: Option<Checked<CheckCount>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLoadPoll {
-    interval: Option<HumanDuration>,
-    timeout: Option<HumanDuration>,
+    interval: Option<Positive>,
+    timeout: Option<Positive>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
-    name: String,
+    name: Name,
     addr: Addr,
     #[serde(default = "default_weight")]
-    weight: u32,
-    check: Option<Check>,
+    weight: Checked<Weight>,
+    check: Option<RawCheck>,
     load_addr: Option<Addr>,
-    load_path: Option<String>,
-    max_connections: Option<u64>,
+    load_path: Option<RequestPath>,
+    max_connections: Option<Checked<BackendMax>>,
 }
 
-fn default_weight() -> u32 {
-    1
+fn default_weight() -> Checked<Weight> {
+    Checked::new(1)
+}
+
+/// The list of backends, checked as a whole while it is parsed, so that an unusable list is
+/// reported at its end.
+struct Backends(Vec<RawBackend>);
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Backends;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of backends")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Backends, A::Error> {
+                let mut backends: Vec<RawBackend> = Vec::new();
+                while let Some(backend) = seq.next_element::<RawBackend>()? {
+                    backends.push(backend);
+                }
+                if backends.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")",
+                    ));
+                }
+                if backends.iter().all(|b| b.weight.get() == 0) {
+                    return Err(serde::de::Error::custom(
+                        "every backend has weight 0 (drained): no backend can receive traffic",
+                    ));
+                }
+                Ok(Backends(backends))
+            }
+        }
+        d.deserialize_seq(Entries)
+    }
+}
+
+/// A rule for an integer setting, checked while parsing so that a value out of range is
+/// reported at its line and column.
+trait Rule {
+    const MIN: u64;
+    const MAX: u64;
+    fn complaint(value: u64) -> String;
+}
+
+/// An integer that obeys `R`.
+struct Checked<R>(u64, std::marker::PhantomData<R>);
+
+impl<R> Checked<R> {
+    fn new(value: u64) -> Checked<R> {
+        Checked(value, std::marker::PhantomData)
+    }
+
+    fn get(&self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, R: Rule> Deserialize<'de> for Checked<R> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |&value: &u64| {
+            if (R::MIN..=R::MAX).contains(&value) {
+                Ok(())
+            } else {
+                Err(R::complaint(value))
+            }
+        })
+        .map(Checked::new)
+    }
+}
+
+/// Declares a `Rule`: its name, inclusive range and complaint about a value outside it.
+macro_rules! rule {
+    ($(#[$doc:meta])* $name:ident: $min:expr, $max:expr, |$value:ident| $complaint:expr) => {
+        $(#[$doc])*
+        struct $name;
+        impl Rule for $name {
+            const MIN: u64 = $min;
+            const MAX: u64 = $max;
+            fn complaint($value: u64) -> String {
+                $complaint
+            }
+        }
+    };
+}
+
+rule!(Weight: 0, MAX_WEIGHT as u64, |value| format!(
+    "weight {value}: expected 0 (drained) to {MAX_WEIGHT}"
+));
+rule!(
+    /// A backend's own `max_connections`.
+    BackendMax: 1, u64::MAX, |value| format!(
+        "max_connections {value}: expected at least 1 (use weight: 0 to drain)"
+    )
+);
+rule!(
+    /// `limits.max_connections`.
+    ClientLimit: 1, u64::MAX, |value| format!("max_connections {value}: expected at least 1")
+);
+rule!(
+    /// `health.rise` and `health.fall`: how many checks in a row flip a backend.
+    CheckCount: 1, u32::MAX as u64, |value| format!(
+        "{value} checks in a row: expected 1 or more"
+    )
+);
+rule!(Workers: 1, MAX_WORKERS as u64, |value| format!(
+    "workers is {value}: expected 1 to {MAX_WORKERS}"
+));
+
+/// A duration that must be greater than zero.
+struct Positive(Duration);
+
+/// Deserializes a `T` and holds it to `rule`, whose `Err` is the complaint, reported at the
+/// value's line and column.
+fn held_to<'de, D, T>(d: D, rule: impl FnOnce(&T) -> Result<(), String>) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = T::deserialize(d)?;
+    rule(&value).map_err(serde::de::Error::custom)?;
+    Ok(value)
+}
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let HumanDuration(duration) = held_to(d, |HumanDuration(d): &HumanDuration| {
+            if d.is_zero() {
+                Err("a zero duration: expected more than zero, such as \"1s\"".into())
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(Positive(duration))
+    }
+}
+
+/// A backend name: not blank.
+struct Name(String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |name: &String| {
+            if name.trim().is_empty() {
+                Err("a blank backend name: expected a name such as \"vm4\"".into())
+            } else {
+                Ok(())
+            }
+        })
+        .map(Name)
+    }
+}
+
+/// A request path we can put on a request line verbatim.
+struct RequestPath(String);
+
+impl<'de> Deserialize<'de> for RequestPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |path: &String| {
+            let printable = path.bytes().all(|b| b.is_ascii_graphic());
+            if path.starts_with('/') && printable && path.len() <= 1024 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "path {path:?} is not usable: expected an absolute path such as \"/load\", without spaces or control characters"
+                ))
+            }
+        })
+        .map(RequestPath)
+    }
+}
+
+/// `Check` as written in the file, with its path checked.
+#[derive(Deserialize)]
+#[serde(rename = "Check")]
+enum RawCheck {
+    Tcp,
+    Http(RequestPath),
+}
+
+impl From<RawCheck> for Check {
+    fn from(raw: RawCheck) -> Check {
+        match raw {
+            RawCheck::Tcp => Check::Tcp,
+            RawCheck::Http(path) => Check::Http(path.0),
+        }
+    }
+}
+
+/// The admin bearer token: printable ASCII without spaces, so it fits a header verbatim.
+struct Token(String);
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |token: &String| {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                Err("admin_token must be non-empty printable ASCII without spaces".into())
+            } else {
+                Ok(())
+            }
+        })
+        .map(Token)
+    }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    connect: Option<HumanDuration>,
-    idle: Option<HumanDuration>,
-    half_close: Option<HumanDuration>,
+    connect: Option<Positive>,
+    idle: Option<Positive>,
+    half_close: Option<Positive>,
     grace: Option<HumanDuration>,
 }
 
@@ -411,80 +615,46 @@ impl Config {
                 col: e.span.start.col,
                 message: describe_ron_error(&e.code),
             })?;
-        let invalid = |position, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            position,
-            message,
+        for (i, b) in raw.backends.0.iter().enumerate() {
+            if raw.backends.0[..i]
+                .iter()
+                .any(|earlier| earlier.name.0 == b.name.0)
+            {
+                let quoted = format!("{:?}", b.name.0);
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    position: locate_key(text, "name", Some(&quoted), 1),
+                    message: format!("duplicate backend name {quoted}: names must be unique"),
+                });
+            }
+        }
+        let health = health_config(raw.health);
+        let load_poll = LoadPollConfig {
+            interval: raw
+                .load_poll
+                .interval
+                .map_or(LoadPollConfig::default().interval, |d| d.0),
+            timeout: raw
+                .load_poll
+                .timeout
+                .map_or(LoadPollConfig::default().timeout, |d| d.0),
         };
-
-        if raw.backends.is_empty() {
-            return Err(invalid(
-                locate(text, "backends:", 0),
-                "no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")"
-                    .into(),
-            ));
-        }
-        let health = validate_health(raw.health).map_err(|m| invalid(None, m))?;
-        let load_poll = validate_load_poll(raw.load_poll).map_err(|m| invalid(None, m))?;
-        let mut seen = HashSet::new();
-        let mut backends = Vec::with_capacity(raw.backends.len());
-        for b in raw.backends {
-            if b.name.trim().is_empty() {
-                return Err(invalid(
-                    None,
-                    format!("backend {} has an empty name", b.addr.0),
-                ));
-            }
-            if !seen.insert(b.name.clone()) {
-                let quoted = format!("\"{}\"", b.name);
-                return Err(invalid(
-                    locate(text, &quoted, 1),
-                    format!("duplicate backend name {quoted}: names must be unique"),
-                ));
-            }
-            if b.weight > MAX_WEIGHT {
-                return Err(invalid(
-                    None,
-                    format!(
-                        "backend \"{}\" has weight {}: expected 0 (drained) to {MAX_WEIGHT}",
-                        b.name, b.weight
-                    ),
-                ));
-            }
-            let check = b.check.unwrap_or_else(|| health.check.clone());
-            if let Check::Http(path) = &check {
-                check_path(path).map_err(|m| {
-                    invalid(None, format!("backend \"{}\": health check {m}", b.name))
-                })?;
-            }
-            if b.max_connections == Some(0) {
-                return Err(invalid(
-                    None,
-                    format!(
-                        "backend \"{}\": max_connections must be at least 1 (use weight: 0 to drain)",
-                        b.name
-                    ),
-                ));
-            }
-            let load_path = b.load_path.unwrap_or_else(|| DEFAULT_LOAD_PATH.to_string());
-            check_path(&load_path)
-                .map_err(|m| invalid(None, format!("backend \"{}\": load_path {m}", b.name)))?;
-            backends.push(BackendConfig {
-                name: b.name,
+        let backends = raw
+            .backends
+            .0
+            .into_iter()
+            .map(|b| BackendConfig {
+                name: b.name.0,
                 addr: b.addr.0,
-                weight: b.weight,
-                check,
+                weight: b.weight.get() as u32,
+                check: b.check.map_or_else(|| health.check.clone(), Check::from),
                 load_addr: b.load_addr.map_or(b.addr.0, |a| a.0),
-                load_path,
-                max_connections: b.max_connections,
-            });
-        }
-        if backends.iter().all(|b| b.weight == 0) {
-            return Err(invalid(
-                None,
-                "every backend has weight 0 (drained): no backend can receive traffic".into(),
-            ));
-        }
+                load_path: b
+                    .load_path
+                    .map_or_else(|| DEFAULT_LOAD_PATH.to_string(), |p| p.0),
+                max_connections: b.max_connections.map(|m| m.get()),
+            })
+            .collect();
 
         let defaults = Timeouts::default();
         let timeouts = Timeouts {
@@ -493,39 +663,22 @@ impl Config {
             half_close: raw.timeouts.half_close.map_or(defaults.half_close, |d| d.0),
             grace: raw.timeouts.grace.map_or(defaults.grace, |d| d.0),
         };
-        if timeouts.connect.is_zero() || timeouts.idle.is_zero() || timeouts.half_close.is_zero() {
-            return Err(invalid(
-                None,
-                "timeouts.connect, timeouts.idle and timeouts.half_close must be greater than zero"
-                    .into(),
-            ));
-        }
         let default_limits = Limits::default();
         let limits = Limits {
             max_connections: raw
                 .limits
                 .max_connections
-                .unwrap_or(default_limits.max_connections),
+                .map_or(default_limits.max_connections, |m| {
+                    usize::try_from(m.get()).unwrap_or(usize::MAX)
+                }),
             queue: raw.limits.queue.unwrap_or(default_limits.queue),
             queue_timeout: raw
                 .limits
                 .queue_timeout
                 .map_or(default_limits.queue_timeout, |d| d.0),
         };
-        if limits.max_connections == 0 {
-            return Err(invalid(
-                None,
-                "limits.max_connections must be at least 1".into(),
-            ));
-        }
         let workers = match raw.workers {
-            Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
-            Some(n) => {
-                return Err(invalid(
-                    locate(text, "workers", 0),
-                    format!("workers is {n}: expected 1 to {MAX_WORKERS}"),
-                ));
-            }
+            Some(n) => n.get() as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         // Port 0 asks the system for a free port each, so only fixed ports can collide.
@@ -534,10 +687,11 @@ impl Config {
             .as_ref()
             .is_some_and(|a| a.0 == raw.listen.0 && a.0.port() != 0)
         {
-            return Err(invalid(
-                locate(text, "admin:", 0),
-                "admin must listen on another address than listen".into(),
-            ));
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                position: locate_key(text, "admin", None, 0),
+                message: "admin must listen on another address than listen".into(),
+            });
         }
         Ok(Config {
             listen: raw.listen.0,
@@ -556,17 +710,7 @@ impl Config {
             health,
             load_poll,
             admin: raw.admin.map(|a| a.0),
-            admin_token: match raw.admin_token {
-                Some(token)
-                    if token.trim().is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) =>
-                {
-                    return Err(invalid(
-                        locate(text, "admin_token", 0),
-                        "admin_token must be non-empty printable ASCII without spaces".into(),
-                    ));
-                }
-                other => other,
-            },
+            admin_token: raw.admin_token.map(|t| t.0),
             access_log: raw.access_log,
         })
     }
@@ -637,48 +781,17 @@ impl Config {
     }
 }
 
-fn validate_health(raw: RawHealth) -> Result<HealthConfig, String> {
+fn health_config(raw: RawHealth) -> HealthConfig {
     let d = HealthConfig::default();
-    let health = HealthConfig {
-        check: raw.check.unwrap_or(d.check),
+    let count = |c: Option<Checked<CheckCount>>, default: u32| {
+        c.map_or(default, |c| u32::try_from(c.get()).unwrap_or(u32::MAX))
+    };
+    HealthConfig {
+        check: raw.check.map_or(d.check, Check::from),
         interval: raw.interval.map_or(d.interval, |v| v.0),
         timeout: raw.timeout.map_or(d.timeout, |v| v.0),
-        rise: raw.rise.unwrap_or(d.rise),
-        fall: raw.fall.unwrap_or(d.fall),
-    };
-    if health.interval.is_zero() || health.timeout.is_zero() {
-        return Err("health.interval and health.timeout must be greater than zero".into());
-    }
-    if health.rise == 0 || health.fall == 0 {
-        return Err("health.rise and health.fall must be at least 1".into());
-    }
-    if let Check::Http(path) = &health.check {
-        check_path(path).map_err(|m| format!("health.check {m}"))?;
-    }
-    Ok(health)
-}
-
-fn validate_load_poll(raw: RawLoadPoll) -> Result<LoadPollConfig, String> {
-    let d = LoadPollConfig::default();
-    let poll = LoadPollConfig {
-        interval: raw.interval.map_or(d.interval, |v| v.0),
-        timeout: raw.timeout.map_or(d.timeout, |v| v.0),
-    };
-    if poll.interval.is_zero() || poll.timeout.is_zero() {
-        return Err("load_poll.interval and load_poll.timeout must be greater than zero".into());
-    }
-    Ok(poll)
-}
-
-/// A request path we can put on a request line verbatim.
-fn check_path(path: &str) -> Result<(), String> {
-    let printable = path.bytes().all(|b| b.is_ascii_graphic());
-    if path.starts_with('/') && printable && path.len() <= 1024 {
-        Ok(())
-    } else {
-        Err(format!(
-            "path {path:?} is not usable: expected an absolute path such as \"/load\", without spaces or control characters"
-        ))
+        rise: count(raw.rise, d.rise),
+        fall: count(raw.fall, d.fall),
     }
 }
 
@@ -720,13 +833,61 @@ fn describe_ron_error(code: &ron::Error) -> String {
     }
 }
 
-/// Finds the `nth` (0-based) occurrence of `needle` in `text` as a 1-based (line, column).
-fn locate(text: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
-    let offset = text.match_indices(needle).nth(nth)?.0;
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    Some((line, col))
+/// Finds the `nth` (0-based) place where `key:` is written, followed by `value` when given,
+/// as a 1-based (line, column) of that value, or of the key when no value is given. Comments
+/// and string contents are skipped, so a mention there is not taken for it.
+fn locate_key(text: &str, key: &str, value: Option<&str>, nth: usize) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |end| i + 2 + end + 2);
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b if is_ident(b) => {
+                let start = i;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+                let rest = text[i..].trim_start();
+                let wanted = rest
+                    .strip_prefix(':')
+                    .is_some_and(|after| value.is_none_or(|v| after.trim_start().starts_with(v)));
+                if &text[start..i] == key && wanted {
+                    if seen < nth {
+                        seen += 1;
+                        continue;
+                    }
+                    let at = match value {
+                        Some(_) => text.len() - rest[1..].trim_start().len(),
+                        None => start,
+                    };
+                    let before = &text[..at];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+                    return Some((line, col));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -879,6 +1040,17 @@ mod tests {
             e.to_string(),
             "test.ron:4:5: admin must listen on another address than listen"
         );
+    }
+
+    #[test]
+    fn keys_are_found_outside_comments_and_strings() {
+        let text = "(\n  // admin: 1\n  /* admin: 2 */ note: \"admin: 3\",\n  admin: 4, name: \"a\", name: \"b\",\n)";
+        assert_eq!(locate_key(text, "admin", None, 0), Some((4, 3)));
+        assert_eq!(locate_key(text, "admin", None, 1), None);
+        assert_eq!(locate_key(text, "name", Some("\"b\""), 0), Some((4, 30)));
+        assert_eq!(locate_key(text, "name", Some("\"c\""), 0), None);
+        // A key that merely ends with the one sought does not count.
+        assert_eq!(locate_key("(my_admin: 1)", "admin", None, 0), None);
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn unknown_algorithm_lists_the_valid_names() {
 fn no_backends() {
     assert_rejected(
         r#"(listen: "127.0.0.1:8080", algorithm: RoundRobin, backends: [])"#,
-        ":1:51: no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")",
+        ":1:62: no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")",
     );
 }
 
@@ -129,7 +129,79 @@ fn no_backend_can_receive_traffic() {
         .replace("weight: 5", "weight: 0");
     assert_rejected(
         &text,
-        ": every backend has weight 0 (drained): no backend can receive traffic",
+        ":8:5: every backend has weight 0 (drained): no backend can receive traffic",
+    );
+}
+
+#[test]
+fn value_rules_point_at_the_value() {
+    let cases = [
+        (
+            VALID.replace("weight: 5", "weight: 500"),
+            ":6:55: weight 500: expected 0 (drained) to 256",
+        ),
+        (
+            VALID.replace("weight: 5", "weight: 5, max_connections: 0"),
+            ":6:75: max_connections 0: expected at least 1 (use weight: 0 to drain)",
+        ),
+        (
+            VALID.replace("\"spare\"", "\" \""),
+            ":7:17: a blank backend name: expected a name such as \"vm4\"",
+        ),
+        (
+            VALID.replace("weight: 5", "weight: 5, load_path: \"load\""),
+            ":6:70: path \"load\" is not usable: expected an absolute path such as \"/load\", without spaces or control characters",
+        ),
+        (
+            VALID.replace("    backends", "    workers: 0,\n    backends"),
+            ":4:14: workers is 0: expected 1 to 256",
+        ),
+        (
+            VALID.replace(
+                "    backends",
+                "    timeouts: (idle: \"0s\"),\n    backends",
+            ),
+            ":4:23: a zero duration: expected more than zero, such as \"1s\"",
+        ),
+        (
+            VALID.replace(
+                "    backends",
+                "    limits: (max_connections: 0),\n    backends",
+            ),
+            ":4:31: max_connections 0: expected at least 1",
+        ),
+        (
+            VALID.replace("    backends", "    health: (fall: 0),\n    backends"),
+            ":4:20: 0 checks in a row: expected 1 or more",
+        ),
+        (
+            VALID.replace("    backends", "    admin_token: \"a b\",\n    backends"),
+            ":4:19: admin_token must be non-empty printable ASCII without spaces",
+        ),
+    ];
+    for (text, suffix) in cases {
+        assert_rejected(&text, suffix);
+    }
+}
+
+#[test]
+fn positions_found_after_parsing_skip_comments() {
+    // A key or name mentioned in a comment is not where the error is.
+    let text = VALID
+        .replace(
+            "    backends",
+            "    // admin: \"127.0.0.1:8080\", name: \"vm4\"\n    /* admin: */ admin: \"127.0.0.1:8080\",\n    backends",
+        );
+    assert_rejected(
+        &text,
+        ":5:18: admin must listen on another address than listen",
+    );
+    let text = VALID
+        .replace("    backends", "    // name: \"vm4\"\n    backends")
+        .replace("\"spare\"", "\"vm4\"");
+    assert_rejected(
+        &text,
+        ":8:16: duplicate backend name \"vm4\": names must be unique",
     );
 }
 
