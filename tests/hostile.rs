@@ -362,6 +362,32 @@ async fn scripted_balancer(idle: &str, half_close: &str) -> (ScriptedBackend, Ba
     (backend, Balancer::start(&config))
 }
 
+/// The client is closed cleanly (EOF, no bytes) by a time limit, no sooner than the short
+/// limit after `started`, and its access line shows `(up, down)` bytes and `ending`.
+async fn assert_cut_off(
+    b: &Balancer,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+    (up, down): (usize, usize),
+    ending: &str,
+) {
+    let (got, end) = read_to_close(client).await;
+    let waited = started.elapsed();
+    assert!(got.is_empty(), "{} unexpected bytes", got.len());
+    assert_eq!(end, Ok(()), "the client sees EOF");
+    assert!(
+        waited >= SHORT - SLACK,
+        "closed after {waited:?}, before the limit"
+    );
+    let line = finished_line(b, peer);
+    assert!(
+        line.contains(&format!(": {up} bytes up, {down} bytes down,"))
+            && line.ends_with(&format!(", {ending}")),
+        "{line}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Hostile clients
 
@@ -379,19 +405,7 @@ async fn client_that_never_sends_is_closed_at_the_idle_timeout() {
         healthy_echo(b.addr, seed).await;
     }
 
-    let (got, end) = read_to_close(&mut silent).await;
-    let waited = started.elapsed();
-    assert!(got.is_empty(), "{} unexpected bytes", got.len());
-    assert_eq!(end, Ok(()), "the silent client sees EOF");
-    assert!(
-        waited >= SHORT - SLACK,
-        "closed after {waited:?}, before idle"
-    );
-    let line = finished_line(&b, peer);
-    assert!(
-        line.contains(": 0 bytes up, 0 bytes down,") && line.ends_with(", idle timeout"),
-        "{line}"
-    );
+    assert_cut_off(&b, &mut silent, peer, started, (0, 0), "idle timeout").await;
     let seen = watch.seen().await;
     assert!(seen.received.is_empty(), "{seen:?}");
     assert_eq!(seen.end, Ok(()), "the backend sees EOF: {seen:?}");
@@ -420,20 +434,8 @@ async fn client_that_stalls_mid_request_is_closed_at_the_idle_timeout() {
         healthy_echo(b.addr, seed).await;
     }
 
-    let (got, end) = read_to_close(&mut staller).await;
-    let waited = started.elapsed();
-    assert!(got.is_empty(), "{} unexpected bytes", got.len());
-    assert_eq!(end, Ok(()), "the stalled client sees EOF");
-    assert!(
-        waited >= SHORT - SLACK,
-        "closed after {waited:?}, before idle"
-    );
-    let line = finished_line(&b, peer);
-    let counts = format!(": {n} bytes up, {n} bytes down,", n = partial.len());
-    assert!(
-        line.contains(&counts) && line.ends_with(", idle timeout"),
-        "{line}"
-    );
+    let moved = (partial.len(), partial.len());
+    assert_cut_off(&b, &mut staller, peer, started, moved, "idle timeout").await;
     let seen = watch.seen().await;
     assert_same(&seen.received, partial, "what the backend received");
     assert_eq!(seen.end, Ok(()), "the backend sees EOF: {seen:?}");
@@ -507,20 +509,8 @@ async fn client_half_close_without_backend_close_ends_at_the_half_close_timeout(
         healthy_echo(b.addr, seed).await;
     }
 
-    let (got, end) = read_to_close(&mut client).await;
-    let waited = started.elapsed();
-    assert!(got.is_empty(), "{} unexpected bytes", got.len());
-    assert_eq!(end, Ok(()), "the client sees EOF");
-    assert!(
-        waited >= SHORT - SLACK,
-        "closed {waited:?} after the half-close, before the limit"
-    );
-    let line = finished_line(&b, peer);
-    assert!(
-        line.contains(&format!(": {} bytes up, 0 bytes down,", request.len()))
-            && line.ends_with(", half-close timeout (client closed, the other side did not)"),
-        "{line}"
-    );
+    let ending = "half-close timeout (client closed, the other side did not)";
+    assert_cut_off(&b, &mut client, peer, started, (request.len(), 0), ending).await;
     // The backend's side is closed too: a late write from it meets a reset.
     go.send(()).expect("backend waiting");
     let seen = watch.seen().await;
@@ -553,20 +543,15 @@ async fn backend_that_never_answers_is_cut_off_at_the_idle_timeout() {
         healthy_echo(b.addr, seed).await;
     }
 
-    let (got, end) = read_to_close(&mut client).await;
-    let waited = started.elapsed();
-    assert!(got.is_empty(), "{} unexpected bytes", got.len());
-    assert_eq!(end, Ok(()), "the client sees EOF");
-    assert!(
-        waited >= SHORT - SLACK,
-        "closed after {waited:?}, before idle"
-    );
-    let line = finished_line(&b, peer);
-    assert!(
-        line.contains(&format!(": {} bytes up, 0 bytes down,", request.len()))
-            && line.ends_with(", idle timeout"),
-        "{line}"
-    );
+    assert_cut_off(
+        &b,
+        &mut client,
+        peer,
+        started,
+        (request.len(), 0),
+        "idle timeout",
+    )
+    .await;
     let seen = watch.seen().await;
     assert_same(&seen.received, request, "what the backend received");
     assert_eq!(seen.end, Ok(()), "the backend sees EOF: {seen:?}");
