@@ -7,6 +7,7 @@
 #
 # Run `scripts/backends.sh help` for the details.
 set -euo pipefail
+SCRIPT_NAME=backends.sh
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -40,16 +41,10 @@ Environment:
 EOF
 }
 
-die() {
-    printf 'backends.sh: %s\n' "$*" >&2
-    exit 1
-}
-
-bad_usage() {
-    printf 'backends.sh: %s\n\n' "$*" >&2
-    usage | sed -n '1,4p' >&2
-    printf '\nRun "scripts/backends.sh help" for the details.\n' >&2
-    exit 2
+# What bad_usage shows: the full help is long.
+short_usage() {
+    usage | sed -n '1,4p'
+    printf '\nRun "scripts/backends.sh help" for the details.\n'
 }
 
 # Sends SIGTERM to the given PIDs, waits up to STOP_TIMEOUT seconds for them to exit, then
@@ -68,8 +63,7 @@ terminate() {
         ((SECONDS < deadline)) || break
         sleep 0.1
     done
-    printf 'backends.sh: still running after %ss, sending SIGKILL to %s\n' \
-        "$STOP_TIMEOUT" "${left[*]}" >&2
+    note "still running after ${STOP_TIMEOUT}s, sending SIGKILL to ${left[*]}"
     kill -KILL "${left[@]}" 2>/dev/null || true
 }
 
@@ -86,7 +80,7 @@ backend_bin() {
     else
         bin=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release/ballast-backend
         if [[ ! -x $bin ]]; then
-            printf 'backends.sh: %s is missing, running cargo build --release\n' "$bin" >&2
+            note "$bin is missing, running cargo build --release"
             (cd "$REPO_ROOT" && cargo build --release --bin ballast-backend) >&2 ||
                 die "cargo build --release failed"
             [[ -x $bin ]] || die "cargo build --release did not produce $bin"
@@ -154,7 +148,7 @@ cmd_start() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
-    local i id out log addr line deadline status records=() addrs=()
+    local i id out log addr line records=() addrs=()
     for ((i = 0; i < count; i++)); do
         port=$((first_port + i))
         if ((${#ids[@]} > 0)); then id=${ids[i]}; else id=backend-$port; fi
@@ -170,27 +164,16 @@ cmd_start() {
         pid=$!
         STARTED+=("$pid")
 
-        deadline=$((SECONDS + READY_TIMEOUT))
-        line=""
-        while :; do
-            line=$(grep -m1 '^listening on ' "$out" 2>/dev/null || true)
-            [[ -z $line ]] || break
-            if ! alive "$pid"; then
-                wait "$pid" 2>/dev/null && status=0 || status=$?
-                printf 'backends.sh: backend %s on %s exited (status %s) before listening; is the port taken?\n' \
-                    "$id" "$addr" "$status" >&2
-                sed -e 's/^/    /' "$log" | tail -n 20 >&2
-                exit 1
+        if ! wait_for_line "$out" '^listening on ' "$pid"; then
+            if [[ -n $EXIT_STATUS ]]; then
+                note "backend $id on $addr exited (status $EXIT_STATUS) before listening; is the port taken?"
+            else
+                note "backend $id on $addr did not print its listening line within ${READY_TIMEOUT}s (log: $log)"
             fi
-            if ((SECONDS >= deadline)); then
-                printf 'backends.sh: backend %s on %s did not print its listening line within %ss (log: %s)\n' \
-                    "$id" "$addr" "$READY_TIMEOUT" "$log" >&2
-                sed -e 's/^/    /' "$log" | tail -n 20 >&2
-                exit 1
-            fi
-            sleep 0.05
-        done
-        addr=${line#listening on }
+            sed -e 's/^/    /' "$log" | tail -n 20 >&2
+            exit 1
+        fi
+        addr=${READY_LINE#listening on }
         records+=("$pid $port $id")
         addrs+=("$addr $id $pid")
     done
@@ -201,15 +184,14 @@ cmd_start() {
         read -r addr id pid <<<"$line"
         printf '%s\t%s\tpid %s\n' "$addr" "$id" "$pid"
     done
-    printf 'backends.sh: %d backend(s) running; logs in %s; stop with: scripts/backends.sh stop\n' \
-        "$count" "$RUN_DIR" >&2
+    note "$count backend(s) running; logs in $RUN_DIR; stop with: scripts/backends.sh stop"
 }
 
 abort_start() {
     local status=$?
     trap - EXIT INT TERM
     if ((${#STARTED[@]} > 0)); then
-        printf 'backends.sh: stopping the backend(s) this run started\n' >&2
+        note "stopping the backend(s) this run started"
         terminate "${STARTED[@]}"
         wait "${STARTED[@]}" 2>/dev/null || true
     fi
@@ -232,16 +214,16 @@ cmd_status() {
         fi
     done < <(recorded)
     if ((any == 0)); then
-        printf 'backends.sh: no backends recorded (%s)\n' "$PID_FILE" >&2
+        note "no backends recorded ($PID_FILE)"
         return 1
     fi
-    printf 'backends.sh: %d running\n' "$up" >&2
+    note "$up running"
 }
 
 cmd_stop() {
     (($# == 0)) || bad_usage "stop takes no arguments"
     if [[ ! -f $PID_FILE ]]; then
-        printf 'backends.sh: no backends recorded, nothing to stop\n' >&2
+        note "no backends recorded, nothing to stop"
         return 0
     fi
     local pid port id pids=()
@@ -251,11 +233,9 @@ cmd_stop() {
     done < <(recorded)
     terminate ${pids[@]+"${pids[@]}"}
     rm -f "$PID_FILE"
-    printf 'backends.sh: stopped %d backend(s)\n' "${#pids[@]}" >&2
+    note "stopped ${#pids[@]} backend(s)"
 }
 
-CALLER_DIR=$(pwd)
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_DIR=$(absolute "${BALLAST_RUN_DIR:-$REPO_ROOT/target/ballast-run}")
 PID_FILE=$RUN_DIR/backends.pid
 READY_TIMEOUT=${BALLAST_READY_TIMEOUT:-10}

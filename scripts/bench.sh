@@ -6,6 +6,7 @@
 #
 # Run `scripts/bench.sh --help` for the details.
 set -euo pipefail
+SCRIPT_NAME=bench.sh
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -60,15 +61,6 @@ Environment:
 ballast and the backends run with RUST_LOG=warn (no per-connection logging, like the
 generated HAProxy and nginx configurations).
 EOF
-}
-
-note() {
-    printf 'bench.sh: %s\n' "$*" >&2
-}
-
-die() {
-    note "$*"
-    exit 1
 }
 
 # A remark for the report (and stderr).
@@ -146,23 +138,18 @@ show_log() {
     if [[ -s $1 ]]; then sed -e 's/^/    /' "$1" | tail -n 20 >&2; fi
 }
 
-# Waits until FILE has a line matching the basic regex PATTERN while PID lives. Fails after
-# READY_TIMEOUT seconds or when PID exits first, showing LOG.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 what=$4 log=$5 deadline=$((SECONDS + READY_TIMEOUT))
-    until grep -q -e "$pattern" "$file" 2>/dev/null; do
-        if ! alive "$pid"; then
-            note "$what exited before it was ready; its log ($log):"
-            show_log "$log"
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            note "$what was not ready within ${READY_TIMEOUT}s; its log ($log):"
-            show_log "$log"
-            return 1
-        fi
-        sleep 0.05
-    done
+# Waits for PID's line in FILE (wait_for_line); when it does not come, says why and shows
+# LOG.
+wait_ready() {
+    local file=$1 pattern=$2 pid=$3 what=$4 log=$5
+    wait_for_line "$file" "$pattern" "$pid" && return 0
+    if [[ -n $EXIT_STATUS ]]; then
+        note "$what exited before it was ready; its log ($log):"
+    else
+        note "$what was not ready within ${READY_TIMEOUT}s; its log ($log):"
+    fi
+    show_log "$log"
+    return 1
 }
 
 # Waits until PID listens on each PORT (it fails if PID exits first or after READY_TIMEOUT).
@@ -224,7 +211,6 @@ run_bounded() {
 }
 
 # Stops everything this script started. A second Ctrl-C or SIGTERM sends SIGKILL at once.
-FORCE=0
 cleanup() {
     local status=$?
     trap - EXIT
@@ -241,22 +227,15 @@ cleanup() {
     exit "$status"
 }
 
-on_signal() {
-    note "$1: stopping"
-    exit "$2"
-}
-
 # --- arguments and environment -------------------------------------------------------------
 
 case ${1:-} in
 -h | --help) usage; exit 0 ;;
 "") ;;
-*) printf 'bench.sh: unexpected argument %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
+*) bad_usage "unexpected argument $1" ;;
 esac
 
 START_TIME=$SECONDS
-CALLER_DIR=$(pwd)
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=$REPO_ROOT/scripts/idle_conns.py
 
 SECS=${BENCH_SECONDS:-5}
@@ -425,18 +404,8 @@ fi
 # --- binaries ------------------------------------------------------------------------------
 
 cd "$REPO_ROOT"
-if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
-    BIN_DIR=$(absolute "$BALLAST_BIN_DIR")
-else
-    note "cargo build --release"
-    cargo build --release --bin ballast --bin ballast-backend --example floor_relay >&2 ||
-        die "cargo build --release failed"
-    BIN_DIR=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release
-fi
-BALLAST=$BIN_DIR/ballast
-BACKEND=$BIN_DIR/ballast-backend
-[[ -x $BALLAST ]] || die "no executable ballast in $BIN_DIR"
-[[ -x $BACKEND ]] || die "no executable ballast-backend in $BIN_DIR"
+# Progress goes to stderr, cargo's output too.
+find_binaries --bin ballast --bin ballast-backend --example floor_relay >&2
 FLOOR=$BIN_DIR/examples/floor_relay
 if [[ " ${SYSTEMS[*]} " == *" floor "* && ! -x $FLOOR ]]; then
     add_note "floor is skipped: no $FLOOR (cargo build --release --example floor_relay)"
@@ -610,7 +579,7 @@ for i in 1 2; do
     log=$LOG_DIR/backend-b$i.log
     RUST_LOG=warn "$BACKEND" --listen "127.0.0.1:$port" --id "b$i" </dev/null >"$out" 2>"$log" &
     SERVER_PIDS+=("$!")
-    wait_for_line "$out" '^listening on ' "$!" "backend b$i (127.0.0.1:$port)" "$log" || exit 1
+    wait_ready "$out" '^listening on ' "$!" "backend b$i (127.0.0.1:$port)" "$log" || exit 1
 done
 
 # (Re)starts the iperf3 server when it is not running.

@@ -5,6 +5,7 @@
 #
 # Run `scripts/demo.sh --help` for the details.
 set -euo pipefail
+SCRIPT_NAME=demo.sh
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -33,21 +34,6 @@ Environment:
                            its `demo` subdirectory
   RUST_LOG                 log filter for the balancer and backends (default: info)
 EOF
-}
-
-note() {
-    printf 'demo.sh: %s\n' "$*" >&2
-}
-
-die() {
-    note "$*"
-    exit 1
-}
-
-bad_usage() {
-    printf 'demo.sh: %s\n\n' "$*" >&2
-    usage >&2
-    exit 2
 }
 
 # Reads CONFIG (RON) and prints `listen<TAB>ADDR` and one `backend<TAB>NAME<TAB>ADDR` per
@@ -159,28 +145,18 @@ connectable() {
     esac
 }
 
-# Waits until FILE has a line matching the basic regex PATTERN while PID lives and sets
-# READY_LINE to it. Fails after READY_TIMEOUT seconds or when PID exits first, showing LOG.
-READY_LINE=""
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 what=$4 log=$5 status deadline
-    deadline=$((SECONDS + READY_TIMEOUT))
-    while :; do
-        READY_LINE=$(grep -m1 -e "$pattern" "$file" 2>/dev/null || true)
-        [[ -z $READY_LINE ]] || return 0
-        if ! alive "$pid"; then
-            wait "$pid" 2>/dev/null && status=0 || status=$?
-            note "$what exited (status $status) before listening; is the port taken? Its log ($log):"
-            sed -e 's/^/    /' "$log" | tail -n 20 >&2
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            note "$what did not report listening within ${READY_TIMEOUT}s; its log ($log):"
-            sed -e 's/^/    /' "$log" | tail -n 20 >&2
-            return 1
-        fi
-        sleep 0.05
-    done
+# Waits for PID's line in FILE (wait_for_line); when it does not come, says why and shows
+# the end of LOG.
+wait_ready() {
+    local file=$1 pattern=$2 pid=$3 what=$4 log=$5
+    wait_for_line "$file" "$pattern" "$pid" && return 0
+    if [[ -n $EXIT_STATUS ]]; then
+        note "$what exited (status $EXIT_STATUS) before listening; is the port taken? Its log ($log):"
+    else
+        note "$what did not report listening within ${READY_TIMEOUT}s; its log ($log):"
+    fi
+    sed -e 's/^/    /' "$log" | tail -n 20 >&2
+    return 1
 }
 
 # Copies what the balancer logged since the last call to stderr.
@@ -195,71 +171,6 @@ flush_balancer_log() {
     fi
 }
 
-# A helper that outlives a SIGKILL of this script: it blocks reading a FIFO whose only
-# writer is this script, so it sees end-of-file when the script dies however it dies. After
-# a normal cleanup the script writes `done` first and the helper just exits; otherwise it
-# stops the PIDs recorded in PIDS_FILE. The processes started later get fd 9 closed, so
-# only this script holds the writing end.
-start_watchdog() {
-    local fifo=$RUN_DIR/watchdog.fifo
-    rm -f "$fifo"
-    mkfifo "$fifo"
-    exec 9<>"$fifo"
-    (
-        set +e
-        trap '' INT TERM HUP
-        exec 3<"$fifo"
-        line=""
-        IFS= read -r -u 3 line
-        [[ $line == "done" ]] && exit 0
-        pids=()
-        while read -r pid; do
-            if [[ -n $pid ]] && is_ours "$pid"; then pids+=("$pid"); fi
-        done <"$PIDS_FILE"
-        ((${#pids[@]} > 0)) || exit 0
-        kill -TERM "${pids[@]}" 2>/dev/null
-        for ((n = 0; n < 100; n++)); do
-            left=()
-            for pid in "${pids[@]}"; do
-                if alive "$pid"; then left+=("$pid"); fi
-            done
-            ((${#left[@]} > 0)) || exit 0
-            sleep 0.2
-        done
-        kill -KILL "${left[@]}" 2>/dev/null
-    ) </dev/null >/dev/null 2>&1 9>&- &
-    WATCHDOG_PID=$!
-}
-
-# Sends SIGTERM to the given processes that are still alive, waits for them (bounded by
-# STOP_TIMEOUT), then SIGKILLs what is left. A second Ctrl-C or SIGTERM forces SIGKILL.
-FORCE=0
-stop_pids() {
-    local pid deadline left
-    local pids=()
-    for pid in "$@"; do
-        if [[ -n $pid ]] && alive "$pid"; then pids+=("$pid"); fi
-    done
-    ((${#pids[@]} > 0)) || return 0
-    note "stopping ${#pids[@]} process(es)"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while :; do
-        left=()
-        for pid in "${pids[@]}"; do
-            if alive "$pid"; then left+=("$pid"); fi
-        done
-        ((${#left[@]} > 0)) || break
-        if ((FORCE || SECONDS >= deadline)); then
-            note "sending SIGKILL to ${left[*]}"
-            kill -KILL "${left[@]}" 2>/dev/null || true
-            break
-        fi
-        sleep 0.1
-    done
-    wait "${pids[@]}" 2>/dev/null || true
-}
-
 # Stops everything this script started: the balancer first, so that its drain lets
 # requests in flight finish on backends that are still up, then the backends.
 cleanup() {
@@ -270,24 +181,12 @@ cleanup() {
     stop_pids "${BALANCER_PID:-}"
     stop_pids ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}
     if ((BALANCER_READY)); then flush_balancer_log; fi
-    if [[ -n ${WATCHDOG_PID:-} ]]; then
-        printf 'done\n' >&9 || true
-        exec 9>&-
-        wait "$WATCHDOG_PID" 2>/dev/null || true
-    fi
+    stop_watchdog
     rm -f "$RUN_DIR/watchdog.fifo" "$PIDS_FILE" "$RUN_DIR/demo.pid"
     exit "$status"
 }
 
-on_signal() {
-    note "$1: stopping"
-    exit 0
-}
-
 # --- arguments and environment -------------------------------------------------------------
-
-CALLER_DIR=$(pwd)
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 case ${1:-} in
 -h | --help) usage; exit 0 ;;
@@ -323,17 +222,7 @@ cd "$REPO_ROOT"
 
 # --- binaries and configuration ------------------------------------------------------------
 
-if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
-    BIN_DIR=$(absolute "$BALLAST_BIN_DIR")
-else
-    note "cargo build --release"
-    cargo build --release || die "cargo build --release failed"
-    BIN_DIR=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release
-fi
-BALLAST=$BIN_DIR/ballast
-BACKEND=$BIN_DIR/ballast-backend
-[[ -x $BALLAST ]] || die "no executable ballast in $BIN_DIR"
-[[ -x $BACKEND ]] || die "no executable ballast-backend in $BIN_DIR"
+find_binaries
 
 # --check first: a bad configuration fails before anything starts, with ballast's message.
 summary=$("$BALLAST" --config "$CONFIG" --check) || die "$CONFIG is not a valid configuration"
@@ -367,9 +256,9 @@ BACKEND_PIDS=()
 SLEEP_PID=""
 WATCHDOG_PID=""
 trap cleanup EXIT
-trap 'on_signal SIGINT' INT
-trap 'on_signal SIGTERM' TERM
-trap 'on_signal SIGHUP' HUP
+trap 'on_signal SIGINT 0' INT
+trap 'on_signal SIGTERM 0' TERM
+trap 'on_signal SIGHUP 0' HUP
 printf '%s\n' "$$" >"$RUN_DIR/demo.pid"
 : >"$PIDS_FILE"
 start_watchdog
@@ -392,7 +281,7 @@ for i in "${!BACKEND_NAMES[@]}"; do
         </dev/null >"$base.out" 2>"$base.log" 9>&- &
     BACKEND_PIDS+=("$!")
     printf '%s\n' "$!" >>"$PIDS_FILE"
-    wait_for_line "$base.out" '^listening on ' "$!" "backend $name ($addr)" "$base.log" || exit 1
+    wait_ready "$base.out" '^listening on ' "$!" "backend $name ($addr)" "$base.log" || exit 1
     note "backend $name: $READY_LINE (pid ${BACKEND_PIDS[i]})"
 done
 
@@ -400,7 +289,7 @@ done
 "$BALLAST" --config "$CONFIG" </dev/null >"$RUN_DIR/ballast.out" 2>"$BALANCER_LOG" 9>&- &
 BALANCER_PID=$!
 printf '%s\n' "$BALANCER_PID" >>"$PIDS_FILE"
-wait_for_line "$BALANCER_LOG" 'listening on ' "$BALANCER_PID" "ballast" "$BALANCER_LOG" || exit 1
+wait_ready "$BALANCER_LOG" 'listening on ' "$BALANCER_PID" "ballast" "$BALANCER_LOG" || exit 1
 BALANCER_READY=1
 flush_balancer_log
 bound=$(printf '%s\n' "$READY_LINE" | sed -n 's/.*listening on \([^ ,]*\).*/\1/p')

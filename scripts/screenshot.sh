@@ -5,6 +5,9 @@
 #
 # Run `scripts/screenshot.sh --help` for the details.
 set -euo pipefail
+SCRIPT_NAME=screenshot.sh
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -33,32 +36,7 @@ Environment:
 EOF
 }
 
-note() {
-    printf 'screenshot.sh: %s\n' "$*" >&2
-}
-
-die() {
-    note "$*"
-    exit 1
-}
-
-bad_usage() {
-    printf 'screenshot.sh: %s\n\n' "$*" >&2
-    usage >&2
-    exit 2
-}
-
-absolute() {
-    case $1 in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$CALLER_DIR/$1" ;;
-    esac
-}
-
 # --- arguments -----------------------------------------------------------------------------
-
-CALLER_DIR=$(pwd)
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 case ${1:-} in
 -h | --help) usage; exit 0 ;;
@@ -69,7 +47,7 @@ OUTPUT=$(absolute "${1:-$REPO_ROOT/scripts/status.png}")
 [[ -d $(dirname "$OUTPUT") ]] || bad_usage "no directory for $OUTPUT"
 
 SECONDS_OF_LOAD=${SCREENSHOT_SECONDS:-24}
-if ! [[ $SECONDS_OF_LOAD =~ ^[0-9]+$ ]] || ((SECONDS_OF_LOAD < 8)); then
+if ! is_uint "$SECONDS_OF_LOAD" || ((SECONDS_OF_LOAD < 8)); then
     bad_usage "SCREENSHOT_SECONDS must be whole seconds, at least 8, not '$SECONDS_OF_LOAD'"
 fi
 
@@ -91,17 +69,7 @@ fi
 # --- binaries ------------------------------------------------------------------------------
 
 cd "$REPO_ROOT"
-if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
-    BIN_DIR=$(absolute "$BALLAST_BIN_DIR")
-else
-    note "cargo build --release"
-    cargo build --release || die "cargo build --release failed"
-    BIN_DIR=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release
-fi
-BALLAST=$BIN_DIR/ballast
-BACKEND=$BIN_DIR/ballast-backend
-[[ -x $BALLAST ]] || die "no executable ballast in $BIN_DIR"
-[[ -x $BACKEND ]] || die "no executable ballast-backend in $BIN_DIR"
+find_binaries
 
 # --- cleanup -------------------------------------------------------------------------------
 
@@ -120,11 +88,11 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     for ((n = 0; n < 50; n++)); do
-        local left=0
+        local running=0
         for pid in ${PIDS[@]+"${PIDS[@]}"} ${LOAD_PIDS[@]+"${LOAD_PIDS[@]}"}; do
-            if kill -0 "$pid" 2>/dev/null; then left=1; fi
+            if kill -0 "$pid" 2>/dev/null; then running=1; fi
         done
-        ((left)) || break
+        ((running)) || break
         sleep 0.1
     done
     for pid in ${PIDS[@]+"${PIDS[@]}"} ${LOAD_PIDS[@]+"${LOAD_PIDS[@]}"}; do

@@ -6,6 +6,7 @@
 #
 # Run `scripts/soak.sh --help` for the details.
 set -euo pipefail
+SCRIPT_NAME=soak.sh
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -61,20 +62,10 @@ Environment:
 EOF
 }
 
-note() {
-    printf 'soak.sh: %s\n' "$*" >&2
-}
-
-die() {
-    note "$*"
-    exit 1
-}
-
-bad_usage() {
-    printf 'soak.sh: %s\n\n' "$*" >&2
-    usage | sed -n '1,2p' >&2
-    printf 'Run "scripts/soak.sh --help" for the details.\n' >&2
-    exit 2
+# What bad_usage shows: the full help is long.
+short_usage() {
+    usage | sed -n '1,2p'
+    printf 'Run "scripts/soak.sh --help" for the details.\n'
 }
 
 # Milliseconds since the epoch, in NOW_MS (no subshell).
@@ -135,24 +126,6 @@ pick_port() {
 }
 
 # --- processes -----------------------------------------------------------------------------
-
-# Waits until FILE has a line matching the basic regex PATTERN while PID lives. Fails after
-# READY_TIMEOUT seconds or when PID exits first (reaping it), setting EXIT_STATUS.
-EXIT_STATUS=""
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 deadline
-    deadline=$((SECONDS + READY_TIMEOUT))
-    EXIT_STATUS=""
-    while :; do
-        if grep -q -e "$pattern" "$file" 2>/dev/null; then return 0; fi
-        if ! alive "$pid"; then
-            wait "$pid" 2>/dev/null && EXIT_STATUS=0 || EXIT_STATUS=$?
-            return 1
-        fi
-        ((SECONDS < deadline)) || return 1
-        sleep 0.05
-    done
-}
 
 # Ends PID at once and reaps it.
 kill_now() {
@@ -345,91 +318,21 @@ read_wrk_totals() {
     done
 }
 
-# --- watchdog and cleanup ------------------------------------------------------------------
+# --- cleanup -------------------------------------------------------------------------------
 
-# A helper that outlives a SIGKILL of this script: it blocks reading a FIFO whose only writer
-# is this script, so it sees end-of-file when the script dies however it dies. After a normal
-# cleanup the script writes `done` first and the helper just exits; otherwise it stops the
-# processes recorded in PIDS_FILE. Processes started later get fd 9 closed, so only this
-# script holds the writing end.
-start_watchdog() {
-    local fifo=$RUN_DIR/watchdog.fifo
-    rm -f "$fifo"
-    mkfifo "$fifo"
-    exec 9<>"$fifo"
-    (
-        set +e
-        trap '' INT TERM HUP
-        exec 3<"$fifo"
-        line=""
-        IFS= read -r -u 3 line
-        [[ $line == "done" ]] && exit 0
-        pids=()
-        while read -r pid word; do
-            if [[ -n $pid ]] && is_ours "$pid" "$word"; then pids+=("$pid"); fi
-        done <"$PIDS_FILE"
-        ((${#pids[@]} > 0)) || exit 0
-        kill -TERM "${pids[@]}" 2>/dev/null
-        for ((n = 0; n < 100; n++)); do
-            left=()
-            for pid in "${pids[@]}"; do
-                if alive "$pid"; then left+=("$pid"); fi
-            done
-            ((${#left[@]} > 0)) || exit 0
-            sleep 0.2
-        done
-        kill -KILL "${left[@]}" 2>/dev/null
-    ) </dev/null >/dev/null 2>&1 9>&- &
-    WATCHDOG_PID=$!
-}
-
-# Stops everything this script started: SIGTERM to all, a bounded wait, then SIGKILL. A
-# second Ctrl-C or SIGTERM during the wait sends SIGKILL at once.
-FORCE=0
+# Stops everything this script started.
 cleanup() {
-    local status=$? pid deadline left pids=()
+    local status=$?
     trap - EXIT
     trap 'FORCE=1' INT TERM HUP
-    for pid in ${WRK_PID:-} ${BALANCER_PID:-} ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}; do
-        if [[ -n $pid ]] && alive "$pid"; then pids+=("$pid"); fi
-    done
-    if ((${#pids[@]} > 0)); then
-        note "stopping ${#pids[@]} process(es)"
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        deadline=$((SECONDS + STOP_TIMEOUT))
-        while :; do
-            left=()
-            for pid in "${pids[@]}"; do
-                if alive "$pid"; then left+=("$pid"); fi
-            done
-            ((${#left[@]} > 0)) || break
-            if ((FORCE || SECONDS >= deadline)); then
-                note "sending SIGKILL to ${left[*]}"
-                kill -KILL "${left[@]}" 2>/dev/null || true
-                break
-            fi
-            sleep 0.1
-        done
-        wait "${pids[@]}" 2>/dev/null || true
-    fi
-    if [[ -n ${WATCHDOG_PID:-} ]]; then
-        printf 'done\n' >&9 || true
-        exec 9>&-
-        wait "$WATCHDOG_PID" 2>/dev/null || true
-    fi
+    stop_pids "${WRK_PID:-}" "${BALANCER_PID:-}" ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}
+    stop_watchdog
     rm -f "$RUN_DIR/watchdog.fifo" "$PIDS_FILE" "$RUN_DIR/soak.pid" "$CONFIG.tmp"
     exit "$status"
 }
 
-on_signal() {
-    note "$1: stopping"
-    exit "$2"
-}
-
 # --- arguments and environment -------------------------------------------------------------
 
-CALLER_DIR=$(pwd)
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MAX_DURATION=3600
 
 case ${1:-} in
@@ -499,17 +402,7 @@ cd "$REPO_ROOT"
 
 # --- binaries ------------------------------------------------------------------------------
 
-if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
-    BIN_DIR=$(absolute "$BALLAST_BIN_DIR")
-else
-    note "cargo build --release"
-    cargo build --release --bin ballast --bin ballast-backend || die "cargo build --release failed"
-    BIN_DIR=$(absolute "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release
-fi
-BALLAST=$BIN_DIR/ballast
-BACKEND=$BIN_DIR/ballast-backend
-[[ -x $BALLAST ]] || die "no executable ballast in $BIN_DIR"
-[[ -x $BACKEND ]] || die "no executable ballast-backend in $BIN_DIR"
+find_binaries --bin ballast --bin ballast-backend
 
 # wrk reports its totals through this script's done() in one line that is easy to read back.
 WRK_SCRIPT=$RUN_DIR/totals.lua
