@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Time limits and copy strategy of one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,14 +96,18 @@ impl fmt::Display for End {
 }
 
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
-/// expires, either side fails or `stop` completes. Returns what was moved and how it ended.
+/// expires, either side fails or `stop` is cancelled. Returns what was moved and how it
+/// ended.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     limits: Limits,
     totals: Totals<'_>,
-    stop: impl Future<Output = ()>,
+    stop: &CancellationToken,
 ) -> (Transferred, End) {
+    // Made here rather than passed in, so an idle connection's task holds one waiter, not a
+    // moved-in copy beside a pinned one.
+    let mut stop = std::pin::pin!(stop.cancelled());
     let clock = Activity::new();
     let up_bytes = Tally::new(totals.to_backend);
     let down_bytes = Tally::new(totals.to_client);
@@ -111,7 +116,6 @@ pub async fn relay(
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
     tokio::pin!(timer);
-    tokio::pin!(stop);
     let end = loop {
         // One hand-written poll for both directions and the clock: the readiness wakers live
         // in the sockets' own slots, so a connection waiting for bytes costs only this small

@@ -790,22 +790,24 @@ async fn serve_connection(
     let started = Instant::now();
     let snapshot = balancer.snapshot();
     let access_log = snapshot.config.access_log;
-    // Boxed so that its larger state is freed once connected, instead of sizing every
-    // long-lived connection's task for it.
-    let connecting = Box::pin(connect_backend(peer, &snapshot, &balancer));
-    let connected = tokio::select! {
-        connected = connecting => connected,
-        () = cut_off.cancelled() => {
-            access(
-                access_log,
-                format_args!(
-                    "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
-                    started.elapsed().as_millis(),
-                    relay::End::Stopped
-                ),
-            );
-            return;
+    // Boxed so that its larger state (the cut-off waiter included) is freed once connected,
+    // instead of sizing every long-lived connection's task for it.
+    let connecting = Box::pin(async {
+        tokio::select! {
+            connected = connect_backend(peer, &snapshot, &balancer) => Some(connected),
+            () = cut_off.cancelled() => None,
         }
+    });
+    let Some(connected) = connecting.await else {
+        access(
+            access_log,
+            format_args!(
+                "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
+                started.elapsed().as_millis(),
+                relay::End::Stopped
+            ),
+        );
+        return;
     };
     let Some((guard, upstream)) = connected else {
         balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
@@ -832,7 +834,7 @@ async fn serve_connection(
         to_backend: &stats.bytes_to_backend,
         to_client: &stats.bytes_to_client,
     };
-    let (moved, end) = relay::relay(client, upstream, limits, totals, cut_off.cancelled()).await;
+    let (moved, end) = relay::relay(client, upstream, limits, totals, &cut_off).await;
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
     access(
