@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use std::task::{Context, Poll, ready};
@@ -95,24 +95,55 @@ impl fmt::Display for End {
     }
 }
 
+/// A one-way signal that ends every relay at once (the end of the shutdown grace period).
+///
+/// A relay registers with the token once and after that reads only the flag on each
+/// wake-up: polling a token's future takes two locks shared by every connection on every
+/// worker, while the flag is a cache line that changes once and so stays in every core's
+/// cache.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    raised: AtomicBool,
+    token: CancellationToken,
+}
+
+impl StopSignal {
+    pub fn raise(&self) {
+        // The flag first: a relay woken by the token must find it set.
+        self.raised.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Completes once the signal is raised.
+    pub async fn raised(&self) {
+        self.token.cancelled().await;
+    }
+}
+
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
-/// expires, either side fails or `stop` is cancelled. Returns what was moved and how it
-/// ended.
+/// expires, either side fails or `stop` is raised. Returns what was moved and how it ended.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
-    limits: Limits,
+    limits: &Limits,
     totals: Totals<'_>,
-    stop: &CancellationToken,
+    stop: &StopSignal,
 ) -> (Transferred, End) {
     // Made here rather than passed in, so an idle connection's task holds one waiter, not a
     // moved-in copy beside a pinned one.
-    let mut stop = std::pin::pin!(stop.cancelled());
-    let clock = Activity::new();
-    let up_bytes = Tally::new(totals.to_backend);
-    let down_bytes = Tally::new(totals.to_client);
-    let mut upstream = Direction::new([Side::Client, Side::Backend], limits.splice);
-    let mut downstream = Direction::new([Side::Backend, Side::Client], limits.splice);
+    let mut waiter = std::pin::pin!(stop.token.cancelled());
+    let mut flows = Flows {
+        upstream: Direction::new([Side::Client, Side::Backend], limits.splice),
+        downstream: Direction::new([Side::Backend, Side::Client], limits.splice),
+        up_bytes: Tally::new(totals.to_backend),
+        down_bytes: Tally::new(totals.to_client),
+        clock: Activity::new(),
+        registered: false,
+    };
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
     tokio::pin!(timer);
@@ -121,31 +152,23 @@ pub async fn relay(
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
         // frame, not a waiter node per pending operation.
         let event = std::future::poll_fn(|cx| {
-            let mut event = None;
-            if !upstream.finished
-                && let Poll::Ready(result) =
-                    upstream.poll(cx, &client, &backend, &up_bytes, downstream.finished)
-            {
-                event = Some(Event::Finished(Side::Client, result));
-            } else if !downstream.finished
-                && let Poll::Ready(result) =
-                    downstream.poll(cx, &backend, &client, &down_bytes, upstream.finished)
-            {
-                event = Some(Event::Finished(Side::Backend, result));
-            }
-            // One clock reading per wake-up, however many reads and writes it made.
-            if upstream.take_progress() | downstream.take_progress() {
-                clock.touch();
-            }
-            if let Some(event) = event {
+            if let Some(event) = flows.poll(cx, &client, &backend) {
                 return Poll::Ready(event);
             }
-            if stop.as_mut().poll(cx).is_ready() {
+            if stop.is_raised() {
                 return Poll::Ready(Event::Stop);
+            }
+            if !flows.registered {
+                // The waiter keeps this task's waker from now on; the flag does the rest.
+                if waiter.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Stop);
+                }
+                flows.registered = true;
             }
             timer.as_mut().poll(cx).map(|()| Event::Timer)
         })
         .await;
+        let clock = &flows.clock;
         match event {
             Event::Stop => break End::Stopped,
             Event::Finished(_, Err(end)) => break end,
@@ -161,7 +184,7 @@ pub async fn relay(
                 let now = Instant::now();
                 match first_closed {
                     Some((closed, at)) => {
-                        if half_close_deadline(at, &clock, limits) <= now {
+                        if half_close_deadline(at, clock, limits) <= now {
                             break End::HalfCloseTimeout { closed };
                         }
                     }
@@ -174,7 +197,7 @@ pub async fn relay(
             }
         }
         let deadline = match first_closed {
-            Some((_, at)) => half_close_deadline(at, &clock, limits),
+            Some((_, at)) => half_close_deadline(at, clock, limits),
             None => clock.last() + limits.idle,
         };
         if deadline != timer.deadline() {
@@ -189,17 +212,57 @@ pub async fn relay(
         }
     }
     let moved = Transferred {
-        client_to_backend: up_bytes.get(),
-        backend_to_client: down_bytes.get(),
+        client_to_backend: flows.up_bytes.get(),
+        backend_to_client: flows.down_bytes.get(),
     };
     (moved, end)
+}
+
+/// The relay's own state, reached by its poll closure through one reference: the closure is
+/// part of every idle connection's task, and each captured reference costs eight bytes there.
+struct Flows<'a> {
+    upstream: Direction,
+    downstream: Direction,
+    up_bytes: Tally<'a>,
+    down_bytes: Tally<'a>,
+    clock: Activity,
+    /// Whether the stop waiter holds this task's waker yet.
+    registered: bool,
+}
+
+impl Flows<'_> {
+    /// Moves what both directions can move now; returns a direction's end, if one came.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        backend: &TcpStream,
+    ) -> Option<Event> {
+        let (up, down) = (&mut self.upstream, &mut self.downstream);
+        let mut event = None;
+        if !up.finished
+            && let Poll::Ready(result) = up.poll(cx, client, backend, &self.up_bytes, down.finished)
+        {
+            event = Some(Event::Finished(Side::Client, result));
+        } else if !down.finished
+            && let Poll::Ready(result) =
+                down.poll(cx, backend, client, &self.down_bytes, up.finished)
+        {
+            event = Some(Event::Finished(Side::Backend, result));
+        }
+        // One clock reading per wake-up, however many reads and writes it made.
+        if up.take_progress() | down.take_progress() {
+            self.clock.touch();
+        }
+        event
+    }
 }
 
 /// Once one direction has finished, the other may stay open while it keeps moving bytes, but
 /// no longer than `half_close` without moving any (HAProxy's `client-fin`/`server-fin`): a
 /// long download after the client half-closed is not cut short, and a peer that never closes
 /// cannot hold its socket forever.
-fn half_close_deadline(closed_at: Instant, clock: &Activity, limits: Limits) -> Instant {
+fn half_close_deadline(closed_at: Instant, clock: &Activity, limits: &Limits) -> Instant {
     closed_at.max(clock.last()) + limits.half_close
 }
 

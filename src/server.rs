@@ -281,8 +281,8 @@ struct Acceptors {
     slots: Arc<Semaphore>,
     /// Every client connection, on every worker.
     connections: TaskTracker,
-    /// Cancelled when the grace period is over: remaining connections are closed.
-    cut_off: CancellationToken,
+    /// Raised when the grace period is over: remaining connections are closed.
+    cut_off: Arc<relay::StopSignal>,
     /// Cancelled once every connection is gone: worker threads may end.
     finished: CancellationToken,
 }
@@ -355,7 +355,7 @@ pub async fn run_with_reloads(
         switch_seen: Notify::new(),
         slots: Arc::new(slots),
         connections: TaskTracker::new(),
-        cut_off: CancellationToken::new(),
+        cut_off: Arc::default(),
         finished: CancellationToken::new(),
     });
     let accept_loops = TaskTracker::new();
@@ -496,7 +496,7 @@ pub async fn run_with_reloads(
             "grace period over: closing {} remaining connections",
             connections.len()
         );
-        acceptors.cut_off.cancel();
+        acceptors.cut_off.raise();
         connections.wait().await;
     }
     acceptors.finished.cancel();
@@ -614,7 +614,7 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
             let balancer = &acceptors.balancer;
             balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
             let balancer = Arc::clone(balancer);
-            let cut_off = acceptors.cut_off.clone();
+            let cut_off = Arc::clone(&acceptors.cut_off);
             acceptors.connections.spawn(async move {
                 serve_connection(client, peer, balancer, cut_off).await;
                 drop(permit);
@@ -785,7 +785,7 @@ async fn serve_connection(
     client: TcpStream,
     peer: SocketAddr,
     balancer: Arc<Balancer>,
-    cut_off: CancellationToken,
+    cut_off: Arc<relay::StopSignal>,
 ) {
     let started = Instant::now();
     let snapshot = balancer.snapshot();
@@ -795,7 +795,7 @@ async fn serve_connection(
     let connecting = Box::pin(async {
         tokio::select! {
             connected = connect_backend(peer, &snapshot, &balancer) => Some(connected),
-            () = cut_off.cancelled() => None,
+            () = cut_off.raised() => None,
         }
     });
     let Some(connected) = connecting.await else {
@@ -834,7 +834,7 @@ async fn serve_connection(
         to_backend: &stats.bytes_to_backend,
         to_client: &stats.bytes_to_client,
     };
-    let (moved, end) = relay::relay(client, upstream, limits, totals, &cut_off).await;
+    let (moved, end) = relay::relay(client, upstream, &limits, totals, &cut_off).await;
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
     access(
