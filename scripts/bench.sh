@@ -322,7 +322,7 @@ FLOOR_HTTP=$((BASE_PORT + 9))
 FLOOR_BULK=$((BASE_PORT + 10))
 for ((port = BASE_PORT; port <= BASE_PORT + 10; port++)); do
     if listening "$port"; then
-        die "127.0.0.1:$port is in use; choose another range of nine ports with BENCH_PORT"
+        die "127.0.0.1:$port is in use; choose another range of eleven ports with BENCH_PORT"
     fi
 done
 
