@@ -834,8 +834,9 @@ fn describe_ron_error(code: &ron::Error) -> String {
 }
 
 /// Finds the `nth` (0-based) place where `key:` is written, followed by `value` when given,
-/// as a 1-based (line, column) of that value, or of the key when no value is given. Comments
-/// and string contents are skipped, so a mention there is not taken for it.
+/// as a 1-based (line, column) of that value (inside it, if quoted), or of the key when no
+/// value is given. Comments and string contents are skipped, so a mention there is not
+/// taken for it.
 fn locate_key(text: &str, key: &str, value: Option<&str>, nth: usize) -> Option<(usize, usize)> {
     let mut seen = 0;
     let bytes = text.as_bytes();
@@ -874,8 +875,12 @@ fn locate_key(text: &str, key: &str, value: Option<&str>, nth: usize) -> Option<
                         seen += 1;
                         continue;
                     }
+                    // Inside a quoted value, like ron's own positions.
                     let at = match value {
-                        Some(_) => text.len() - rest[1..].trim_start().len(),
+                        Some(v) => {
+                            text.len() - rest[1..].trim_start().len()
+                                + usize::from(v.starts_with('"'))
+                        }
                         None => start,
                     };
                     let before = &text[..at];
@@ -985,7 +990,7 @@ mod tests {
         let e = parse(&GOOD.replace("\"vm5\"", "\"vm4\"")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:16: duplicate backend name \"vm4\": names must be unique"
+            "test.ron:6:17: duplicate backend name \"vm4\": names must be unique"
         );
     }
 
@@ -1047,7 +1052,7 @@ mod tests {
         let text = "(\n  // admin: 1\n  /* admin: 2 */ note: \"admin: 3\",\n  admin: 4, name: \"a\", name: \"b\",\n)";
         assert_eq!(locate_key(text, "admin", None, 0), Some((4, 3)));
         assert_eq!(locate_key(text, "admin", None, 1), None);
-        assert_eq!(locate_key(text, "name", Some("\"b\""), 0), Some((4, 30)));
+        assert_eq!(locate_key(text, "name", Some("\"b\""), 0), Some((4, 31)));
         assert_eq!(locate_key(text, "name", Some("\"c\""), 0), None);
         // A key that merely ends with the one sought does not count.
         assert_eq!(locate_key("(my_admin: 1)", "admin", None, 0), None);

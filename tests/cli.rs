@@ -118,7 +118,7 @@ fn unparsable_address() {
 fn duplicate_backend_names() {
     assert_rejected(
         &VALID.replace("\"spare\"", "\"vm4\""),
-        ":7:16: duplicate backend name \"vm4\": names must be unique",
+        ":7:17: duplicate backend name \"vm4\": names must be unique",
     );
 }
 
@@ -201,7 +201,7 @@ fn positions_found_after_parsing_skip_comments() {
         .replace("\"spare\"", "\"vm4\"");
     assert_rejected(
         &text,
-        ":8:16: duplicate backend name \"vm4\": names must be unique",
+        ":8:17: duplicate backend name \"vm4\": names must be unique",
     );
 }
 
