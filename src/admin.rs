@@ -67,11 +67,31 @@ const NO_STORE: &[(&str, &str)] = &[("Cache-Control", "no-store")];
 const PAGE: &str = include_str!("admin/status.html");
 const PAGE_SLOT: &str = "__STATUS__";
 
-/// Serves the admin endpoints on `listener` until `stop` is cancelled. A background task
-/// samples the backends' active connections for the chart meanwhile.
+/// The status page's chart: a history of every backend's active connections, sampled by its
+/// own task so that it outlives the admin listener (a reload that moves the listener keeps
+/// the last ten minutes).
+#[derive(Clone, Debug)]
+pub struct Chart(Arc<Mutex<History>>);
+
+impl Chart {
+    /// Starts sampling `balancer` on `tasks` until `stop` is cancelled.
+    pub fn start(balancer: &Arc<Balancer>, tasks: &TaskTracker, stop: CancellationToken) -> Chart {
+        let history = Arc::new(Mutex::new(History::new(HISTORY_LEN)));
+        tasks.spawn(sample_history(
+            Arc::clone(balancer),
+            Arc::clone(&history),
+            stop,
+        ));
+        Chart(history)
+    }
+}
+
+/// Serves the admin endpoints on `listener`, with `chart`'s history, until `stop` is
+/// cancelled.
 pub async fn serve(
     listener: TcpListener,
     balancer: Arc<Balancer>,
+    chart: Chart,
     stop: CancellationToken,
 ) -> io::Result<()> {
     if let Ok(local) = listener.local_addr()
@@ -83,16 +103,10 @@ pub async fn serve(
              anyone who can reach it can drain backends"
         );
     }
-    let history = Arc::new(Mutex::new(History::new(HISTORY_LEN)));
     let tasks = TaskTracker::new();
-    tasks.spawn(sample_history(
-        Arc::clone(&balancer),
-        Arc::clone(&history),
-        stop.clone(),
-    ));
     let ctx = Arc::new(Ctx {
         balancer,
-        history,
+        history: chart.0,
         limits: Limits::default(),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -390,8 +390,11 @@ pub async fn run_with_reloads(
     monitor::spawn(&first.backends, &first.config, &background, &stop_monitors);
     let stop_admin = CancellationToken::new();
     let mut admin_stop = stop_admin.child_token();
+    // Started with the first admin listener and kept across its restarts.
+    let mut chart = None;
     if let Some(addr) = first.config.admin {
-        admin_stop = start_admin(addr, &balancer, &background, &stop_admin)?;
+        let chart = chart_of(&mut chart, &balancer, &background, &stop_admin);
+        admin_stop = start_admin(addr, &balancer, chart, &background, &stop_admin)?;
     }
     drop(first);
     let mut reloads_open = true;
@@ -432,7 +435,13 @@ pub async fn run_with_reloads(
         }
         if config.admin != current.config.admin {
             let next_admin = match config.admin {
-                Some(addr) => match start_admin(addr, &balancer, &background, &stop_admin) {
+                Some(addr) => match start_admin(
+                    addr,
+                    &balancer,
+                    chart_of(&mut chart, &balancer, &background, &stop_admin),
+                    &background,
+                    &stop_admin,
+                ) {
                     Ok(token) => token,
                     Err(e) => {
                         error!("reload rejected: {e}; keeping the running configuration");
@@ -623,11 +632,24 @@ async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
     }
 }
 
+/// The admin chart, started on first use.
+fn chart_of(
+    chart: &mut Option<admin::Chart>,
+    balancer: &Arc<Balancer>,
+    background: &TaskTracker,
+    stop: &CancellationToken,
+) -> admin::Chart {
+    chart
+        .get_or_insert_with(|| admin::Chart::start(balancer, background, stop.clone()))
+        .clone()
+}
+
 /// Binds the admin listener and serves it until the returned token (a child of `parent`) is
 /// cancelled.
 fn start_admin(
     addr: SocketAddr,
     balancer: &Arc<Balancer>,
+    chart: admin::Chart,
     background: &TaskTracker,
     parent: &CancellationToken,
 ) -> io::Result<CancellationToken> {
@@ -637,7 +659,7 @@ fn start_admin(
     let stop = parent.child_token();
     let (balancer, token) = (Arc::clone(balancer), stop.clone());
     background.spawn(async move {
-        if let Err(e) = admin::serve(listener, balancer, token).await {
+        if let Err(e) = admin::serve(listener, balancer, chart, token).await {
             error!("admin listener on {local} stopped: {e}");
         }
     });

@@ -989,6 +989,28 @@ async fn removing_the_admin_listener_on_reload_closes_it() {
     assert_eq!(read_all(b.addr).await, "a");
 }
 
+#[tokio::test]
+async fn moving_the_admin_listener_on_reload_keeps_the_chart_history() {
+    let backends = [("a", named_backend("a").await, 1)];
+    let (b, admin) = start(&admin_config("RoundRobin", &backends, ""));
+    let samples = |st: &Value| st["history"]["ages_seconds"].as_array().map_or(0, Vec::len);
+    eventually("a second history sample", || async {
+        (samples(&status_json(admin).await) >= 2).then_some(())
+    })
+    .await;
+    let moved = refusing_addr();
+    let text = config_with("RoundRobin", &backends, &format!("admin: \"{moved}\","));
+    let verdict = b.reload(&text);
+    assert!(verdict.contains("reloaded"), "{verdict}");
+    eventually("the moved admin listener", || async {
+        TcpStream::connect(moved).await.ok().map(drop)
+    })
+    .await;
+    // A fresh history would hold one sample, taken when the new listener started.
+    let st = status_json(moved).await;
+    assert!(samples(&st) >= 2, "history restarted: {}", st["history"]);
+}
+
 // --- scripts/screenshot.sh -------------------------------------------------------------------
 
 const SCREENSHOT_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/screenshot.sh");
