@@ -176,21 +176,12 @@ where
 
 /// A backend that greets every connection with `name` and a newline, then echoes.
 async fn greeting_echo_backend(name: &'static str) -> SocketAddr {
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                if w.write_all(format!("{name}\n").as_bytes()).await.is_ok()
-                    && tokio::io::copy(&mut r, &mut w).await.is_ok()
-                {
-                    let _ = w.shutdown().await;
-                }
-            });
+    spawn_backend(move |mut s| async move {
+        if s.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+            echo(s).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Connects through the balancer and returns the stream and the greeting's name.

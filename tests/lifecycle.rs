@@ -23,21 +23,14 @@ async fn echo_once(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
 
 /// An echo backend that counts the connections it accepted.
 async fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
-        }
-    });
+    let addr = spawn_backend(move |s| {
+        // Counted when accepted, before the echo task runs.
+        count.fetch_add(1, Ordering::SeqCst);
+        echo(s)
+    })
+    .await;
     (addr, accepted)
 }
 

@@ -85,19 +85,14 @@ async fn pipes_shared_by_more_connections_than_exist() {
 #[tokio::test]
 async fn splice_keeps_half_close() {
     // The backend answers only after EOF from the client.
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                if s.read_to_end(&mut request).await.is_ok() {
-                    let reply = format!("got {} bytes", request.len());
-                    let _ = s.write_all(reply.as_bytes()).await;
-                }
-            });
+    let addr = spawn_backend(|mut s| async move {
+        let mut request = Vec::new();
+        if s.read_to_end(&mut request).await.is_ok() {
+            let reply = format!("got {} bytes", request.len());
+            let _ = s.write_all(reply.as_bytes()).await;
         }
-    });
+    })
+    .await;
     let b = Balancer::start(&config_with(
         "RoundRobin",
         &[("a", addr, 1)],
@@ -117,24 +112,19 @@ async fn splice_keeps_half_close() {
 async fn half_close_limit_spares_a_transfer_that_keeps_moving() {
     // After the client half-closes, the backend streams for three times the half-close
     // limit: every byte must arrive, then a clean EOF.
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                if s.read_to_end(&mut request).await.is_err() {
-                    return;
-                }
-                for chunk in 0..75u8 {
-                    if s.write_all(&[chunk; 1024]).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            });
+    let addr = spawn_backend(|mut s| async move {
+        let mut request = Vec::new();
+        if s.read_to_end(&mut request).await.is_err() {
+            return;
         }
-    });
+        for chunk in 0..75u8 {
+            if s.write_all(&[chunk; 1024]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let b = Balancer::start(&config_with(
         "RoundRobin",
         &[("slow", addr, 1)],
@@ -152,19 +142,14 @@ async fn half_close_limit_spares_a_transfer_that_keeps_moving() {
 
 #[tokio::test]
 async fn a_backend_reset_reaches_the_client_as_a_reset() {
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut first = [0u8; 5];
-                if s.read_exact(&mut first).await.is_ok() && s.write_all(b"partial").await.is_ok() {
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
-                    drop(s);
-                }
-            });
+    let addr = spawn_backend(|mut s| async move {
+        let mut first = [0u8; 5];
+        if s.read_exact(&mut first).await.is_ok() && s.write_all(b"partial").await.is_ok() {
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+            drop(s);
         }
-    });
+    })
+    .await;
     let b = Balancer::start(&config_with("RoundRobin", &[("crash", addr, 1)], NO_PROBES));
     let mut s = connect(b.addr).await;
     within(s.write_all(b"hello")).await.expect("write");

@@ -329,39 +329,46 @@ pub async fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
-/// A backend that greets every connection with `name`, then closes once the client has
-/// closed its side.
-pub async fn named_backend(name: &'static str) -> SocketAddr {
+/// A test backend: binds an ephemeral loopback listener and runs `handle` on every
+/// connection it accepts, each in its own task. Returns the address.
+pub async fn spawn_backend<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = listener().await;
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if s.write_all(name.as_bytes()).await.is_ok() && s.shutdown().await.is_ok() {
-                    let mut sink = [0u8; 64];
-                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-                }
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(handle(s));
         }
     });
     addr
 }
 
-/// A backend that echoes everything and closes its side when the client closes its side.
-pub async fn echo_backend() -> SocketAddr {
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+/// A backend that greets every connection with `name`, then closes once the client has
+/// closed its side.
+pub async fn named_backend(name: &'static str) -> SocketAddr {
+    spawn_backend(move |mut s| async move {
+        if s.write_all(name.as_bytes()).await.is_ok() && s.shutdown().await.is_ok() {
+            let mut sink = [0u8; 64];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
         }
-    });
-    addr
+    })
+    .await
+}
+
+/// Echoes everything `s` sends and closes its side when the client closes its side.
+pub async fn echo(mut s: TcpStream) {
+    let (mut r, mut w) = s.split();
+    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// A backend that runs [`echo`] on every connection.
+pub async fn echo_backend() -> SocketAddr {
+    spawn_backend(echo).await
 }
 
 /// Connects through `addr`, reads everything until EOF and returns it as text.
