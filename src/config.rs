@@ -629,15 +629,13 @@ impl Config {
             }
         }
         let health = health_config(raw.health);
+        let poll_defaults = LoadPollConfig::default();
         let load_poll = LoadPollConfig {
             interval: raw
                 .load_poll
                 .interval
-                .map_or(LoadPollConfig::default().interval, |d| d.0),
-            timeout: raw
-                .load_poll
-                .timeout
-                .map_or(LoadPollConfig::default().timeout, |d| d.0),
+                .map_or(poll_defaults.interval, |d| d.0),
+            timeout: raw.load_poll.timeout.map_or(poll_defaults.timeout, |d| d.0),
         };
         let backends = raw
             .backends

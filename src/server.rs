@@ -217,26 +217,26 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // SO_REUSEPORT would let a second balancer (or a stray copy of this one) share the port
     // silently and take half its connections: a plain bind first makes that an error.
     if addr.port() != 0 {
-        let probe = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())?;
+        reusable_socket(addr)?.bind(&addr.into())?;
     }
     TcpListener::from_std(bind_std(addr)?)
 }
 
-/// A non-blocking listening socket with `SO_REUSEPORT`, so that every worker can bind one of
-/// its own to the same address.
-fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` with `SO_REUSEADDR`, so a restart binds despite TIME_WAIT.
+fn reusable_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+/// A non-blocking listening socket with `SO_REUSEPORT`, so that every worker can bind one of
+/// its own to the same address.
+fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = reusable_socket(addr)?;
     socket.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY on Linux: one system call per client saved.
     socket.set_tcp_nodelay(true)?;
