@@ -605,10 +605,21 @@ HTTP_PORT=""
 BULK_PORT=""
 MEM_PIDS=()
 
+# Starts one relay process of the system, COMMAND..., with its output in the round's log
+# r<round>-NAME.log, and waits until it listens on PORT.
+start_relay() {
+    local name=$1 what=$2 port=$3 log=$LOG_DIR/r$ROUND-$1.log
+    shift 3
+    wait_port_free "$port" || return 1
+    "$@" </dev/null >"$log" 2>&1 &
+    SYS_PIDS+=("$!")
+    wait_listening "$!" "$what" "$log" "$port"
+}
+
 start_system() {
     SYS_PIDS=()
     MEM_PIDS=()
-    local log port
+    local log
     case $SYS in
     direct)
         HTTP_PORT=$B1_PORT
@@ -617,33 +628,21 @@ start_system() {
     ballast)
         HTTP_PORT=$BALLAST_HTTP
         BULK_PORT=$BALLAST_BULK
-        for conf in ballast-http ballast-bulk; do
-            log=$LOG_DIR/r$ROUND-$conf.log
-            port=$HTTP_PORT
-            if [[ $conf == ballast-bulk ]]; then port=$BULK_PORT; fi
-            wait_port_free "$port" || return 1
-            # RUST_LOG=warn: at info ballast writes an access-log line per connection.
-            # Readiness is then the listening socket (nothing is logged).
-            RUST_LOG=warn "$BALLAST" --config "$CONF_DIR/$conf.ron" </dev/null >"$log" 2>&1 &
-            SYS_PIDS+=("$!")
-            wait_listening "$!" "ballast ($conf)" "$log" "$port" || return 1
-        done
+        # RUST_LOG=warn: at info ballast writes an access-log line per connection.
+        # Readiness is then the listening socket (nothing is logged).
+        start_relay ballast-http "ballast (ballast-http)" "$HTTP_PORT" \
+            env RUST_LOG=warn "$BALLAST" --config "$CONF_DIR/ballast-http.ron" || return 1
+        start_relay ballast-bulk "ballast (ballast-bulk)" "$BULK_PORT" \
+            env RUST_LOG=warn "$BALLAST" --config "$CONF_DIR/ballast-bulk.ron" || return 1
         MEM_PIDS=("${SYS_PIDS[0]}")
         ;;
     floor)
         HTTP_PORT=$FLOOR_HTTP
         BULK_PORT=$FLOOR_BULK
-        for port in "$HTTP_PORT" "$BULK_PORT"; do
-            log=$LOG_DIR/r$ROUND-floor-$port.log
-            wait_port_free "$port" || return 1
-            if [[ $port == "$HTTP_PORT" ]]; then
-                "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$B1_PORT,127.0.0.1:$B2_PORT" </dev/null >"$log" 2>&1 &
-            else
-                "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$IPERF_PORT" </dev/null >"$log" 2>&1 &
-            fi
-            SYS_PIDS+=("$!")
-            wait_listening "$!" "floor_relay" "$log" "$port" || return 1
-        done
+        start_relay floor-http floor_relay "$HTTP_PORT" \
+            "$FLOOR" "127.0.0.1:$HTTP_PORT" "127.0.0.1:$B1_PORT,127.0.0.1:$B2_PORT" || return 1
+        start_relay floor-bulk floor_relay "$BULK_PORT" \
+            "$FLOOR" "127.0.0.1:$BULK_PORT" "127.0.0.1:$IPERF_PORT" || return 1
         MEM_PIDS=("${SYS_PIDS[0]}")
         ;;
     haproxy)
