@@ -274,24 +274,20 @@ impl DemoBackend {
         for (key, value) in env {
             command.env(key, value);
         }
-        let (proc, addr) = spawn_listening(command);
-        DemoBackend { proc, addr }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ballast-backend");
+        let out = Lines::collect(child.stdout.take().expect("stdout"));
+        let proc = Proc { child };
+        let line = out.wait_for(1, |l| l.starts_with("listening on"));
+        DemoBackend {
+            proc,
+            addr: listening_addr(&line),
+        }
     }
-}
-
-/// Spawns `command` and waits for the `listening on ADDR` line it prints on stdout once it
-/// accepts connections.
-pub fn spawn_listening(mut command: Command) -> (Proc, SocketAddr) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let out = Lines::collect(child.stdout.take().expect("stdout"));
-    let proc = Proc { child };
-    let line = out.wait_for(1, |l| l.starts_with("listening on"));
-    (proc, listening_addr(&line))
 }
 
 /// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
