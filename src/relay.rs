@@ -74,7 +74,7 @@ pub enum End {
     HalfCloseTimeout { closed: Side },
     /// Reading from or writing to `side` failed (typically a reset).
     Error { side: Side, error: io::Error },
-    /// The caller's `stop` future completed (the shutdown grace period is over).
+    /// The caller raised `stop` (the shutdown grace period is over).
     Stopped,
 }
 
