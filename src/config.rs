@@ -80,6 +80,9 @@ pub struct RelayConfig {
     pub splice: Splice,
     /// Pipes (two descriptors each) that splicing may use at once; beyond it, copy.
     pub max_pipes: usize,
+    /// Bytes of pipe asked for per splicing direction (HAProxy's `tune.pipesize`): the most
+    /// a direction parks in its pipe. The kernel rounds it up to a power of two pages.
+    pub pipe_size: usize,
 }
 
 impl Default for RelayConfig {
@@ -87,6 +90,7 @@ impl Default for RelayConfig {
         RelayConfig {
             splice: Splice::Auto,
             max_pipes: 1024,
+            pipe_size: crate::relay::zero_copy::DEFAULT_PIPE_SIZE,
         }
     }
 }
@@ -290,6 +294,7 @@ struct RawConfig {
 struct RawRelay {
     splice: Option<Splice>,
     max_pipes: Option<usize>,
+    pipe_size: Option<Checked<PipeSize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -420,6 +425,12 @@ macro_rules! rule {
     };
 }
 
+rule!(
+    /// `relay.pipe_size`: from the kernel's smallest pipe (one page) to 64 MiB.
+    PipeSize: 4096, 64 << 20, |value| format!(
+        "pipe_size {value}: expected 4096 to {} bytes", 64 << 20
+    )
+);
 rule!(Weight: 0, MAX_WEIGHT as u64, |value| format!(
     "weight {value}: expected 0 (drained) to {MAX_WEIGHT}"
 ));
@@ -662,6 +673,7 @@ impl Config {
             grace: raw.timeouts.grace.map_or(defaults.grace, |d| d.0),
         };
         let default_limits = Limits::default();
+        let default_relay = RelayConfig::default();
         let limits = Limits {
             max_connections: raw
                 .limits
@@ -700,10 +712,11 @@ impl Config {
             limits,
             relay: RelayConfig {
                 splice: raw.relay.splice.unwrap_or_default(),
-                max_pipes: raw
+                max_pipes: raw.relay.max_pipes.unwrap_or(default_relay.max_pipes),
+                pipe_size: raw
                     .relay
-                    .max_pipes
-                    .unwrap_or(RelayConfig::default().max_pipes),
+                    .pipe_size
+                    .map_or(default_relay.pipe_size, |size| size.get() as usize),
             },
             health,
             load_poll,
@@ -744,8 +757,8 @@ impl Config {
             t.connect, t.idle, t.half_close, t.grace
         ));
         out.push_str(&format!(
-            "relay      splice {:?}, up to {} pipes\n",
-            self.relay.splice, self.relay.max_pipes
+            "relay      splice {:?}, up to {} pipes of {} bytes\n",
+            self.relay.splice, self.relay.max_pipes, self.relay.pipe_size
         ));
         let l = &self.limits;
         out.push_str(&format!(

@@ -12,10 +12,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +27,8 @@ pub struct Limits {
     pub idle: Duration,
     pub half_close: Duration,
     pub splice: Splice,
+    /// Bytes of pipe to ask the kernel for when splicing (it may grant less).
+    pub pipe_size: usize,
 }
 
 /// When a direction moves its bytes with `splice(2)` through a pipe instead of copying them
@@ -127,8 +131,8 @@ impl StopSignal {
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
 /// expires, either side fails or `stop` is raised. Returns what was moved and how it ended.
 pub async fn relay(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     limits: &Limits,
     totals: Totals<'_>,
     stop: &StopSignal,
@@ -152,7 +156,7 @@ pub async fn relay(
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
         // frame, not a waiter node per pending operation.
         let event = std::future::poll_fn(|cx| {
-            if let Some(event) = flows.poll(cx, &client, &backend) {
+            if let Some(event) = flows.poll(cx, &mut client, &mut backend, limits.pipe_size) {
                 return Poll::Ready(event);
             }
             if stop.is_raised() {
@@ -235,18 +239,32 @@ impl Flows<'_> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        client: &TcpStream,
-        backend: &TcpStream,
+        client: &mut TcpStream,
+        backend: &mut TcpStream,
+        pipe_size: usize,
     ) -> Option<Event> {
         let (up, down) = (&mut self.upstream, &mut self.downstream);
+        let (mut from_client, to_client) = client.split();
+        let (mut from_backend, to_backend) = backend.split();
         let mut event = None;
         if !up.finished
-            && let Poll::Ready(result) = up.poll(cx, client, backend, &self.up_bytes, down.finished)
+            && let Poll::Ready(result) = up.poll(
+                cx,
+                (&mut from_client, to_backend.as_ref()),
+                &self.up_bytes,
+                down.finished,
+                pipe_size,
+            )
         {
             event = Some(Event::Finished(Side::Client, result));
         } else if !down.finished
-            && let Poll::Ready(result) =
-                down.poll(cx, backend, client, &self.down_bytes, up.finished)
+            && let Poll::Ready(result) = down.poll(
+                cx,
+                (&mut from_backend, to_client.as_ref()),
+                &self.down_bytes,
+                up.finished,
+                pipe_size,
+            )
         {
             event = Some(Event::Finished(Side::Backend, result));
         }
@@ -346,9 +364,16 @@ impl Side {
 /// source is readable and given back once its bytes are written; it is kept only while the
 /// destination cannot take them yet. Once a read fills a whole buffer (bulk traffic) the
 /// direction splices through a pooled pipe instead, when one may be had.
+///
+/// Readiness is only ever cleared on proof that a socket is empty (or full): an `EAGAIN`, or
+/// a short `recv`/`send`, which tokio ties to the very readiness event it answered. A short
+/// `splice` proves nothing (the pipe, not the socket, may have been the limit), so a
+/// splicing direction reads until `EAGAIN`.
 struct Direction {
     /// Owners of the source and destination sockets, so an error names the right side.
     sides: [Side; 2],
+    /// `Off` from the start, or from the moment splicing proved impossible for this
+    /// direction (pipes too small, or a socket that `splice(2)` refuses).
     splice: Splice,
     bulk: bool,
     /// Bytes read but not yet written: `buf[start..end]`.
@@ -402,12 +427,12 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        ends: (&mut ReadHalf<'_>, &TcpStream),
         moved: &Tally<'_>,
         other_finished: bool,
+        pipe_size: usize,
     ) -> Poll<Result<(), End>> {
-        let result = self.poll_inner(cx, from, to, moved, other_finished);
+        let result = self.poll_inner(cx, ends, moved, other_finished, pipe_size);
         if result.is_ready() {
             self.finished = true;
             self.release();
@@ -418,10 +443,10 @@ impl Direction {
     fn poll_inner(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to): (&mut ReadHalf<'_>, &TcpStream),
         moved: &Tally<'_>,
         other_finished: bool,
+        pipe_size: usize,
     ) -> Poll<Result<(), End>> {
         loop {
             // Deliver what we hold before reading more.
@@ -439,6 +464,10 @@ impl Direction {
                     _ => Ok(0),
                 };
                 match written {
+                    // A socket that takes nothing yet reports no EAGAIN would spin us.
+                    Ok(0) => {
+                        return Poll::Ready(Err(self.write_error(io::ErrorKind::WriteZero.into())));
+                    }
                     Ok(n) => {
                         moved.add(n);
                         self.progressed = true;
@@ -452,34 +481,28 @@ impl Direction {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if self.in_pipe > 0 && zero_copy::unsupported(&e) => {
+                        // The bytes are in the pipe already: take them out through user
+                        // space and copy from here on.
+                        if let Err(e) = self.unload_pipe() {
+                            return Poll::Ready(Err(self.write_error(e)));
+                        }
+                    }
                     Err(e) => return Poll::Ready(Err(self.write_error(e))),
                 }
                 continue;
             }
-            if let Err(e) = ready!(from.poll_read_ready(cx)) {
-                return Poll::Ready(Err(self.read_error(e)));
-            }
             let read = if self.bulk && self.splice != Splice::Off {
-                self.pipe = self.pipe.take().or_else(zero_copy::Pipe::take);
-                match &self.pipe {
-                    // The pipe is empty here, so EAGAIN can only mean the socket has nothing
-                    // to read: a full pipe also answers EAGAIN, which is why we never splice
-                    // into one that still holds bytes.
-                    Some(pipe) => from
-                        .try_io(Interest::READABLE, || pipe.fill_from(from))
-                        .inspect(|&n| {
-                            if n > 0 && n < zero_copy::CHUNK {
-                                assume_drained(from);
-                            }
-                        })
-                        .map(|n| (n, true)),
-                    None => self.read_into_buffer(from),
-                }
+                self.poll_splice_in(cx, from.as_ref(), pipe_size)
             } else {
-                self.read_into_buffer(from)
+                self.poll_copy_in(cx, from)
             };
             match read {
-                Ok((0, _)) => {
+                Poll::Pending => {
+                    self.release();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => {
                     self.release();
                     // With the other direction already done, the relay ends now and closing
                     // the sockets sends the FIN: no separate shutdown needed.
@@ -488,32 +511,97 @@ impl Direction {
                     }
                     return Poll::Ready(shutdown_write(to).map_err(|e| self.write_error(e)));
                 }
-                Ok((n, spliced)) => {
-                    self.progressed = true;
-                    if spliced {
-                        self.in_pipe = n;
-                    } else {
-                        self.start = 0;
-                        self.end = n;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
-                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+                Poll::Ready(Ok(_)) => self.progressed = true,
+                // `EAGAIN` cleared the readiness; polling it again registers our waker.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_error(e))),
             }
         }
     }
 
-    /// Reads into a pooled buffer; returns (bytes, false). A read that fills the buffer marks
-    /// the direction as bulk.
-    fn read_into_buffer(&mut self, from: &TcpStream) -> io::Result<(usize, bool)> {
+    /// Reads into a pooled buffer through tokio, which marks the socket drained after a
+    /// short read (one `recv` per message, as nginx does) using the readiness event that
+    /// read answered, so readiness that arrives meanwhile is kept. A read that fills the
+    /// buffer marks the direction as bulk.
+    fn poll_copy_in(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut ReadHalf<'_>,
+    ) -> Poll<io::Result<usize>> {
         let buf = self.buf.get_or_insert_with(pool::take);
-        let n = from.try_read(buf)?;
+        let mut read = ReadBuf::new(buf);
+        if let Err(e) = ready!(Pin::new(from).poll_read(cx, &mut read)) {
+            return Poll::Ready(Err(e));
+        }
+        let n = read.filled().len();
         if n == buf.len() {
             self.bulk = true;
-        } else if n > 0 {
-            assume_drained(from);
         }
-        Ok((n, false))
+        self.start = 0;
+        self.end = n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Splices from `from` into an empty pipe. `WouldBlock` only on `EAGAIN`, which with the
+    /// pipe empty can only mean the socket is; copies instead whenever no usable pipe may be
+    /// had or the socket refuses `splice(2)`.
+    fn poll_splice_in(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        pipe_size: usize,
+    ) -> Poll<io::Result<usize>> {
+        ready!(from.poll_read_ready(cx))?;
+        let pipe = match self.pipe.take() {
+            Some(pipe) => pipe,
+            None => match zero_copy::Pipe::take(pipe_size) {
+                Ok(pipe) => pipe,
+                Err(zero_copy::NoPipe::AtLimit) => return Poll::Ready(self.try_copy_in(from)),
+                Err(zero_copy::NoPipe::Unusable) => {
+                    self.splice = Splice::Off;
+                    return Poll::Ready(self.try_copy_in(from));
+                }
+            },
+        };
+        let filled = from.try_io(Interest::READABLE, || pipe.fill_from(from));
+        self.pipe = Some(pipe);
+        Poll::Ready(match filled {
+            Ok(n) => {
+                self.in_pipe = n;
+                Ok(n)
+            }
+            Err(e) if zero_copy::unsupported(&e) => {
+                self.splice = Splice::Off;
+                self.release();
+                self.try_copy_in(from)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// One copy read for a bulk direction that cannot splice right now. `WouldBlock` only
+    /// once the socket answered `EAGAIN`, which cleared its readiness.
+    fn try_copy_in(&mut self, from: &TcpStream) -> io::Result<usize> {
+        let buf = self.buf.get_or_insert_with(pool::take);
+        let n = from.try_read(buf)?;
+        self.start = 0;
+        self.end = n;
+        Ok(n)
+    }
+
+    /// Moves the bytes parked in the pipe into a buffer of their own and stops splicing, for
+    /// a destination that `splice(2)` refuses.
+    fn unload_pipe(&mut self) -> io::Result<()> {
+        if let Some(pipe) = self.pipe.take() {
+            let bytes = pipe.unload(self.in_pipe)?;
+            pipe.give_back();
+            self.start = 0;
+            self.end = bytes.len();
+            self.buf = Some(bytes);
+            self.in_pipe = 0;
+        }
+        self.splice = Splice::Off;
+        Ok(())
     }
 
     /// Gives the buffer and pipe back to their pools once they hold nothing.
@@ -531,16 +619,6 @@ impl Direction {
     }
 }
 
-/// After a read that returned less than it asked for, the socket is almost surely empty:
-/// mark it not readable without the extra `recv` that would only answer EAGAIN (as nginx
-/// does). tokio keeps any readiness that arrived after the read, and a peer's FIN, so
-/// nothing is missed.
-fn assume_drained(socket: &TcpStream) {
-    let _ = socket.try_io(Interest::READABLE, || {
-        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-    });
-}
-
 /// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
 /// delivered, so that is not an error.
 fn shutdown_write(to: &TcpStream) -> io::Result<()> {
@@ -552,16 +630,22 @@ fn shutdown_write(to: &TcpStream) -> io::Result<()> {
 
 /// Pipes for `splice(2)`, pooled per thread and bounded in number across the process, like
 /// HAProxy's `maxpipes`: each costs two descriptors and kernel memory.
+///
+/// The kernel may grant a smaller pipe than asked (`F_SETPIPE_SZ` fails once an
+/// unprivileged user has used up `fs.pipe-user-pages-soft`, leaving new pipes at two pages):
+/// the size obtained is read back (`F_GETPIPE_SZ`) and bounds every splice into the pipe.
 pub mod zero_copy {
     use std::cell::RefCell;
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+    use log::warn;
+    use nix::errno::Errno;
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
-    /// Bytes moved per splice call, and the pipe size asked for.
-    pub const CHUNK: usize = 1024 * 1024;
+    /// The pipe size asked for by default, in bytes.
+    pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
     /// Empty pipes kept per thread for reuse.
     const KEPT: usize = 32;
 
@@ -569,6 +653,8 @@ pub mod zero_copy {
     static PIPES: AtomicUsize = AtomicUsize::new(0);
     /// The most pipes that may exist at once; 0 disables splicing.
     static MAX_PIPES: AtomicUsize = AtomicUsize::new(1024);
+    /// Whether the kernel's refusal of a full-size pipe has been logged (once per process).
+    static SHRUNK_LOGGED: AtomicBool = AtomicBool::new(false);
 
     thread_local! {
         static FREE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
@@ -584,35 +670,90 @@ pub mod zero_copy {
         PIPES.load(Ordering::Relaxed)
     }
 
+    /// Whether `e` says `splice(2)` cannot work on these descriptors at all (rather than
+    /// that a socket failed): the caller copies instead.
+    pub fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error().map(Errno::from_raw),
+            Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::ESPIPE | Errno::EBADF)
+        )
+    }
+
+    /// Why [`Pipe::take`] gave no pipe.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum NoPipe {
+        /// `max_pipes` are in use, or the system is out of descriptors for now: copy this
+        /// time, try again later.
+        AtLimit,
+        /// The kernel grants only pipes smaller than asked and smaller than a copy buffer,
+        /// where splicing would cost more system calls than it saves: copy from now on.
+        Unusable,
+    }
+
+    /// A pipe and the byte count it can hold.
     pub struct Pipe {
         read: OwnedFd,
         write: OwnedFd,
+        capacity: usize,
     }
 
     impl Pipe {
-        /// An empty pipe from the pool, or a new one while under the limit.
-        pub fn take() -> Option<Pipe> {
-            if let Some(pipe) = FREE.with(|free| free.borrow_mut().pop()) {
-                return Some(pipe);
+        /// An empty pipe of `size` bytes (as granted by the kernel), from the pool or new
+        /// while under the limit.
+        ///
+        /// # Errors
+        /// [`NoPipe::AtLimit`] at `max_pipes` or when `pipe2` fails; [`NoPipe::Unusable`]
+        /// when the kernel grants less than both `size` and a copy buffer.
+        pub fn take(size: usize) -> Result<Pipe, NoPipe> {
+            let pooled = FREE.with(|free| free.borrow_mut().pop());
+            let mut pipe = match pooled {
+                Some(pipe) => pipe,
+                None => Pipe::create()?,
+            };
+            if pipe.capacity != size {
+                pipe.capacity = pipe.resize(size);
             }
+            if pipe.capacity < size && pipe.capacity < super::pool::BUFFER_SIZE {
+                if !SHRUNK_LOGGED.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "the kernel grants pipes of {} bytes, not {size} (fs.pipe-user-pages-soft \
+                         used up?): copying instead of splicing where that happens",
+                        pipe.capacity
+                    );
+                }
+                return Err(NoPipe::Unusable);
+            }
+            Ok(pipe)
+        }
+
+        fn create() -> Result<Pipe, NoPipe> {
             let max = MAX_PIPES.load(Ordering::Relaxed);
             if PIPES.fetch_add(1, Ordering::Relaxed) >= max {
                 PIPES.fetch_sub(1, Ordering::Relaxed);
-                return None;
+                return Err(NoPipe::AtLimit);
             }
             match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-                Ok((read, write)) => {
-                    // A larger pipe lets one pair of splice calls move more of a bulk flow.
-                    // Kernel pages are only taken as bytes pass through; where the system
-                    // caps pipe sizes lower, the default size serves.
-                    let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-                    Some(Pipe { read, write })
-                }
+                Ok((read, write)) => Ok(Pipe {
+                    read,
+                    write,
+                    capacity: 0,
+                }),
                 Err(_) => {
                     PIPES.fetch_sub(1, Ordering::Relaxed);
-                    None
+                    Err(NoPipe::AtLimit)
                 }
             }
+        }
+
+        /// Asks for `size` bytes and returns what the pipe holds now. Kernel pages are only
+        /// taken as bytes pass through.
+        fn resize(&self, size: usize) -> usize {
+            let asked = i32::try_from(size).unwrap_or(i32::MAX);
+            let _ = fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(asked));
+            fcntl(&self.write, FcntlArg::F_GETPIPE_SZ)
+                .ok()
+                .and_then(|granted| usize::try_from(granted).ok())
+                .unwrap_or(0)
         }
 
         /// Returns an empty pipe to the pool.
@@ -625,10 +766,10 @@ pub mod zero_copy {
             });
         }
 
-        /// Splices up to one chunk from `socket` into the pipe.
+        /// Splices from `socket` into the (empty) pipe, at most its capacity.
         pub fn fill_from(&self, socket: impl AsFd) -> io::Result<usize> {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            splice(socket, None, &self.write, None, CHUNK, flags).map_err(io::Error::from)
+            splice(socket, None, &self.write, None, self.capacity, flags).map_err(io::Error::from)
         }
 
         /// Splices up to `len` bytes from the pipe into `socket`.
@@ -636,11 +777,66 @@ pub mod zero_copy {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             splice(&self.read, None, socket, None, len, flags).map_err(io::Error::from)
         }
+
+        /// Reads the `len` bytes the pipe holds into a buffer of their own.
+        ///
+        /// # Errors
+        /// The pipe's read error, or `UnexpectedEof` if it holds fewer than `len` bytes.
+        pub fn unload(&self, len: usize) -> io::Result<Box<[u8]>> {
+            let mut bytes = vec![0u8; len].into_boxed_slice();
+            let mut filled = 0;
+            while filled < len {
+                match nix::unistd::read(&self.read, &mut bytes[filled..]) {
+                    Ok(0) | Err(Errno::EAGAIN) => {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    Ok(n) => filled += n,
+                    Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(bytes)
+        }
     }
 
     impl Drop for Pipe {
         fn drop(&mut self) {
             PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_pipe_reports_the_size_granted_and_splices_no_more() {
+            let pipe = Pipe::take(4096).expect("a pipe");
+            assert_eq!(pipe.capacity, 4096);
+            let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+            std::io::Write::write_all(&mut a, &[7u8; 10_000]).expect("write");
+            // A one-page pipe takes at most a page, however much the socket holds; it may
+            // take less (one slot per socket buffer), which is why a short splice proves
+            // nothing about the socket.
+            let n = pipe.fill_from(&b).expect("splice");
+            assert!(n > 0 && n <= 4096, "{n}");
+            let held = pipe.unload(n).expect("unload");
+            assert_eq!(&held[..], &vec![7u8; n][..]);
+            assert_eq!(
+                pipe.unload(1).err().map(|e| e.kind()),
+                Some(io::ErrorKind::UnexpectedEof)
+            );
+        }
+
+        #[test]
+        fn unsupported_means_splice_cannot_work_here() {
+            assert!(unsupported(&io::Error::from_raw_os_error(
+                Errno::EINVAL as i32
+            )));
+            assert!(!unsupported(&io::Error::from_raw_os_error(
+                Errno::ECONNRESET as i32
+            )));
+            assert!(!unsupported(&io::ErrorKind::WouldBlock.into()));
         }
     }
 }
@@ -664,10 +860,11 @@ mod pool {
             .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
     }
 
+    /// Keeps `buf` for reuse if it is a pool buffer (not one sized for a pipe's contents).
     pub fn give(buf: Box<[u8]>) {
         FREE.with(|free| {
             let mut free = free.borrow_mut();
-            if free.len() < KEPT {
+            if free.len() < KEPT && buf.len() == BUFFER_SIZE {
                 free.push(buf);
             }
         });

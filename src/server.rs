@@ -849,6 +849,7 @@ async fn serve_connection(
         idle: timeouts.idle,
         half_close: timeouts.half_close,
         splice: snapshot.config.relay.splice,
+        pipe_size: snapshot.config.relay.pipe_size,
     };
     drop(snapshot);
     let stats = backend.stats();
