@@ -165,3 +165,115 @@ async fn a_backend_reset_reaches_the_client_as_a_reset() {
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
     assert!(b"partial".starts_with(&got), "{got:?}");
 }
+
+/// The unprivileged uid the pipe-budget test runs ballast and its pipe hog as.
+const PIPE_BUDGET_UID: u32 = 54_321;
+
+/// An unprivileged user that has used up `fs.pipe-user-pages-soft` gets pipes of two pages
+/// that `F_SETPIPE_SZ` cannot grow. A 16 MiB upload through ballast running as that user
+/// must still arrive whole and be answered, with every splice setting (it used to stall
+/// until the idle timeout: a short splice was taken for a drained socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_finish_when_the_kernel_keeps_pipes_small() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        println!("skipped: running ballast as another uid needs root (CI runs as root)");
+        return;
+    }
+    const UPLOAD: usize = 16 << 20;
+    let backend = spawn_backend(|mut s| async move {
+        let mut upload = (&mut s).take(UPLOAD as u64);
+        let got = tokio::io::copy(&mut upload, &mut tokio::io::sink()).await;
+        if matches!(got, Ok(n) if n == UPLOAD as u64) {
+            let _ = s.write_all(b"ACK").await;
+        }
+    })
+    .await;
+    // Another process of the same uid holds the whole budget, as in the field report.
+    let mut hog = Command::new(std::env::current_exe().expect("test binary"));
+    hog.args(["pipe_hog", "--exact", "--ignored", "--nocapture"])
+        .env("BALLAST_PIPE_HOG", "1")
+        .uid(PIPE_BUDGET_UID)
+        .gid(PIPE_BUDGET_UID)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = hog.spawn().expect("spawn the pipe hog");
+    let hog_out = Lines::collect(child.stdout.take().expect("stdout"));
+    let _hog = Proc { child };
+    // libtest may print the test's name on the same line.
+    let verdict = hog_out.wait_for(1, |l| l.contains("pipe budget"));
+    if verdict.contains("pipe budget unlimited") {
+        println!("skipped: fs.pipe-user-pages-soft is 0 (no per-user pipe budget) here");
+        return;
+    }
+    assert!(verdict.contains("pipe budget used up"), "{verdict}");
+
+    for splice in ["Always", "Auto"] {
+        let mut command = Command::new(BALLAST);
+        command.uid(PIPE_BUDGET_UID).gid(PIPE_BUDGET_UID);
+        let b = Balancer::start_in(
+            &config_with(
+                "RoundRobin",
+                &[("sink", backend, 1)],
+                &format!("relay: (splice: {splice}), {NO_PROBES}"),
+            ),
+            command,
+        );
+        let mut s = connect(b.addr).await;
+        within(s.write_all(&pattern(UPLOAD, 3)))
+            .await
+            .unwrap_or_else(|e| panic!("splice {splice}: upload: {e}"));
+        let mut ack = [0u8; 3];
+        within(s.read_exact(&mut ack))
+            .await
+            .unwrap_or_else(|e| panic!("splice {splice}: no answer: {e}"));
+        assert_eq!(&ack, b"ACK");
+        drop(s);
+        let line = b.log.wait_for(1, |l| l.contains(" -> sink ("));
+        assert!(
+            line.contains(&format!("{UPLOAD} bytes up, 3 bytes down")),
+            "splice {splice}: {line}"
+        );
+        // Proof that the small pipes were really met, not avoided.
+        b.log
+            .wait_for(1, |l| l.contains("the kernel grants pipes of 8192 bytes"));
+    }
+}
+
+/// Not a test: the helper process of [`uploads_finish_when_the_kernel_keeps_pipes_small`].
+/// Takes 1 MiB pipes until the kernel refuses to grow one (the user's pipe budget is used
+/// up), says so on stdout, and holds them until stdin closes.
+#[test]
+#[ignore = "a helper process for the pipe budget test"]
+fn pipe_hog() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    if std::env::var_os("BALLAST_PIPE_HOG").is_none() {
+        return;
+    }
+    let mut pipes = Vec::new();
+    // 64 pipes use up the default budget (16384 pages); 400 is far past it and far below
+    // the descriptor limit.
+    let used_up = loop {
+        if pipes.len() == 400 {
+            break false;
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let grown = fcntl(&write, FcntlArg::F_SETPIPE_SZ(1 << 20)).is_ok();
+        pipes.push((read, write));
+        if !grown {
+            break true;
+        }
+    };
+    if used_up {
+        println!("pipe budget used up");
+    } else {
+        println!("pipe budget unlimited");
+    }
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop(pipes);
+}

@@ -73,7 +73,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
+    pub fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         std::thread::spawn(move || {
