@@ -376,6 +376,10 @@ struct Direction {
     /// direction (pipes too small, or a socket that `splice(2)` refuses).
     splice: Splice,
     bulk: bool,
+    /// Doublings of [`zero_copy::FIRST_SPLICE`] earned by full splices.
+    ramp: u8,
+    /// Whether the destination's unsent bytes are bounded yet (see [`limit_unsent`]).
+    unsent_limited: bool,
     /// Bytes read but not yet written: `buf[start..end]`.
     buf: Option<Box<[u8]>>,
     start: usize,
@@ -394,6 +398,8 @@ impl Direction {
             sides,
             splice,
             bulk: splice == Splice::Always,
+            ramp: 0,
+            unsent_limited: false,
             buf: None,
             start: 0,
             end: 0,
@@ -492,6 +498,13 @@ impl Direction {
                 }
                 continue;
             }
+            if self.bulk && !self.unsent_limited {
+                self.unsent_limited = true;
+                // Client sockets inherit the limit from the listener (see `limit_unsent`).
+                if self.sides[1] == Side::Backend {
+                    limit_unsent(to);
+                }
+            }
             let read = if self.bulk && self.splice != Splice::Off {
                 self.poll_splice_in(cx, from.as_ref(), pipe_size)
             } else {
@@ -563,11 +576,15 @@ impl Direction {
                 }
             },
         };
-        let filled = from.try_io(Interest::READABLE, || pipe.fill_from(from));
+        let len = (zero_copy::FIRST_SPLICE << self.ramp).min(pipe.capacity());
+        let filled = from.try_io(Interest::READABLE, || pipe.fill_from(from, len));
         self.pipe = Some(pipe);
         Poll::Ready(match filled {
             Ok(n) => {
                 self.in_pipe = n;
+                if n == len && (zero_copy::FIRST_SPLICE << self.ramp) < pipe_size {
+                    self.ramp += 1;
+                }
                 Ok(n)
             }
             Err(e) if zero_copy::unsupported(&e) => {
@@ -619,6 +636,24 @@ impl Direction {
     }
 }
 
+/// The most bytes a relay leaves unsent in a destination socket's send queue
+/// (`TCP_NOTSENT_LOWAT`, in bytes).
+///
+/// The kernel grows a socket's send buffer to `tcp_wmem`'s maximum (4 MiB by default) when
+/// the bytes keep coming, so a reader that stops reading would otherwise park that much in
+/// ballast's socket on top of what the sender and the reader hold. With the limit a relay
+/// takes more from the source only as the destination really accepts bytes, and the bytes
+/// in flight are still bounded by the peer's window alone, so throughput is unchanged
+/// (measured with iperf3 both ways, 1 MiB pipes: within noise).
+pub const UNSENT_LIMIT: u32 = 128 * 1024;
+
+/// Applies [`UNSENT_LIMIT`] to `socket`. Listening sockets get it too: accepted sockets
+/// inherit it, which saves a system call per client. Best effort: a kernel without
+/// `TCP_NOTSENT_LOWAT` relays as before.
+pub fn limit_unsent(socket: impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(UNSENT_LIMIT);
+}
+
 /// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
 /// delivered, so that is not an error.
 fn shutdown_write(to: &TcpStream) -> io::Result<()> {
@@ -646,6 +681,12 @@ pub mod zero_copy {
 
     /// The pipe size asked for by default, in bytes.
     pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
+    /// Bytes asked of a direction's first splice; each splice that is filled whole doubles
+    /// the next, up to the pipe's size. Receive-buffer autotuning sizes a socket's window
+    /// from how much the reader takes at once: a first 1 MiB splice from a fresh socket let
+    /// it open the window to `tcp_rmem`'s maximum (32 MiB here), and a reader that then
+    /// stalled left that much parked in the kernel.
+    pub const FIRST_SPLICE: usize = 64 * 1024;
     /// Empty pipes kept per thread for reuse.
     const KEPT: usize = 32;
 
@@ -767,9 +808,22 @@ pub mod zero_copy {
         }
 
         /// Splices from `socket` into the (empty) pipe, at most its capacity.
-        pub fn fill_from(&self, socket: impl AsFd) -> io::Result<usize> {
+        pub fn fill_from(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            splice(socket, None, &self.write, None, self.capacity, flags).map_err(io::Error::from)
+            splice(
+                socket,
+                None,
+                &self.write,
+                None,
+                len.min(self.capacity),
+                flags,
+            )
+            .map_err(io::Error::from)
+        }
+
+        /// Bytes the pipe can hold, as granted by the kernel.
+        pub fn capacity(&self) -> usize {
+            self.capacity
         }
 
         /// Splices up to `len` bytes from the pipe into `socket`.
@@ -818,7 +872,7 @@ pub mod zero_copy {
             // A one-page pipe takes at most a page, however much the socket holds; it may
             // take less (one slot per socket buffer), which is why a short splice proves
             // nothing about the socket.
-            let n = pipe.fill_from(&b).expect("splice");
+            let n = pipe.fill_from(&b, 1 << 20).expect("splice");
             assert!(n > 0 && n <= 4096, "{n}");
             let held = pipe.unload(n).expect("unload");
             assert_eq!(&held[..], &vec![7u8; n][..]);

@@ -240,6 +240,7 @@ fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY on Linux: one system call per client saved.
     socket.set_tcp_nodelay(true)?;
+    relay::limit_unsent(&socket);
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -339,6 +340,7 @@ pub async fn run_with_reloads(
     // Clients accepted from the socket inherit it (see `bind`); a caller's own listener
     // may not have it yet.
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    relay::limit_unsent(&listener);
     let workers = config.workers;
     relay::zero_copy::set_max_pipes(config.relay.max_pipes);
     let slots = Semaphore::new(config.limits.max_connections);
