@@ -277,3 +277,81 @@ fn pipe_hog() {
     let _ = std::io::stdin().read_line(&mut line);
     drop(pipes);
 }
+
+/// Bytes a backend writes to each of `clients` streams whose reader never reads (64 KiB
+/// receive buffer), counted until the stream has taken nothing for a second; sorted.
+async fn parked_per_stalled_reader(addr: std::net::SocketAddr, firehose: &Firehose) -> Vec<u64> {
+    const CLIENTS: usize = 8;
+    let mut held = Vec::new();
+    for _ in 0..CLIENTS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+        held.push(within(socket.connect(addr)).await.expect("connect"));
+    }
+    let mut totals = Vec::new();
+    for _ in 0..CLIENTS {
+        let total = within(async { firehose.totals.lock().await.recv().await })
+            .await
+            .expect("a stalled stream's total");
+        totals.push(total);
+    }
+    totals.sort_unstable();
+    totals
+}
+
+/// A backend that writes to every connection as fast as it can and reports, once a stream
+/// has taken nothing for a second, how much it wrote.
+struct Firehose {
+    addr: std::net::SocketAddr,
+    totals: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<u64>>,
+}
+
+async fn firehose() -> Firehose {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = spawn_backend(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let chunk = vec![0x5a_u8; 64 * 1024];
+            let mut total = 0u64;
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), s.write(&chunk)).await
+            {
+                total += n as u64;
+            }
+            let _ = tx.send(total);
+            // Hold the stream until the client goes.
+            let mut sink = [0u8; 1];
+            let _ = s.read(&mut sink).await;
+        }
+    })
+    .await;
+    Firehose {
+        addr,
+        totals: tokio::sync::Mutex::new(rx),
+    }
+}
+
+/// A client that stops reading pins what its own socket and the backend's hold, and through
+/// ballast only a little more, whatever the splice setting: no more than 2 MiB over a direct
+/// connection per stream (HAProxy adds about 4 MiB, the kernel's send-buffer maximum).
+/// Splice Auto used to add about 12 MB (receive autotuning opened the backend's window to
+/// `tcp_rmem`'s maximum after one 1 MiB splice), copying about 4 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_parks_little_beyond_a_direct_connection() {
+    let firehose = firehose().await;
+    let direct = parked_per_stalled_reader(firehose.addr, &firehose).await;
+    let direct_median = direct[direct.len() / 2];
+    for splice in ["Auto", "Always", "Off"] {
+        let b = Balancer::start(&config_with(
+            "RoundRobin",
+            &[("firehose", firehose.addr, 1)],
+            &format!("relay: (splice: {splice}), {NO_PROBES}"),
+        ));
+        let through = parked_per_stalled_reader(b.addr, &firehose).await;
+        let median = through[through.len() / 2];
+        assert!(
+            median <= direct_median + (2 << 20),
+            "splice {splice}: {median} bytes parked per stalled stream (median), direct {direct_median}; all: {through:?}"
+        );
+    }
+}
