@@ -51,9 +51,7 @@ async fn check_loop(backend: Arc<Backend>, health: HealthConfig) {
         tokio::time::sleep(jitter.spread(health.interval)).await;
         let result = match &backend.config.check {
             Check::Tcp => probe::tcp_connect(backend.addr, health.timeout).await,
-            Check::Http(path) => probe::http_get(backend.addr, path, health.timeout)
-                .await
-                .map(drop),
+            Check::Http(path) => probe::http_check(backend.addr, path, health.timeout).await,
         };
         match result {
             Ok(()) => backend.record_check(true, ""),
