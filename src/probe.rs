@@ -1,7 +1,7 @@
 //! One-shot probes of a backend: a TCP connect, an HTTP health check, or the `/load` poll.
 //! Raw HTTP/1.1 over a socket of our own, with `httparse` reading the response head: no HTTP
-//! client library, and nothing a backend sends can make us read or allocate more than
-//! [`MAX_HEAD`] (plus [`MAX_BODY`] for `/load`).
+//! client library. Nothing a backend sends can make us read more than [`MAX_HEAD`] (plus
+//! [`MAX_BODY`] for `/load`), and what we allocate stays within a small multiple of that.
 //!
 //! The health check judges the status line alone. It reads the response head, never the
 //! body, then closes, so a body's framing (chunked, a length, none) and its size cannot fail
@@ -218,10 +218,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
     let mut start = 0;
     loop {
         let rest = &buf[start..];
-        // Every header ends with a line feed, so there are never more headers than those:
-        // the head's size bounds this, and no header count can fail a check.
+        // Every header ends with a line feed and takes at least three bytes (`a:\n`), so
+        // there are never more headers than this: no header count can fail a check, and the
+        // head's size bounds the array (32 bytes an entry).
         let lines = rest.iter().filter(|&&b| b == b'\n').count();
-        let mut headers = vec![httparse::EMPTY_HEADER; lines];
+        let mut headers = vec![httparse::EMPTY_HEADER; lines.min(rest.len() / 3)];
         let mut response = httparse::Response::new(&mut headers);
         let len = match config.parse_response(&mut response, rest) {
             Ok(httparse::Status::Complete(len)) => len,
@@ -456,6 +457,10 @@ mod tests {
             status(b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n"),
             200
         );
+        // As many headers as fit the bound: no header count fails a check.
+        let many = [&b"HTTP/1.1 200 OK\n"[..], &b"a:\n".repeat(2700), b"\n"].concat();
+        assert!(many.len() <= MAX_HEAD);
+        assert_eq!(status(&many), 200);
         assert_eq!(status(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"), 500);
         assert_eq!(status(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"), 503);
         assert_eq!(status(b"HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n"), 302);
