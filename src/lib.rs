@@ -9,8 +9,10 @@
 //! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
 //! - [`backend`]: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
-//! - [`probe`]: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time, and the
-//!   `/load` body parser.
+//! - [`fault`]: whose fault a failed socket operation is, the peer's or ballast's own: the one
+//!   rule the relay, the health checks and the load poller share.
+//! - [`probe`]: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time (the
+//!   health check reads the response head only), and the `/load` body parser.
 //! - [`monitor`]: background health checks and `/load` pollers that feed the backends' state.
 //! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
 //! - [`server`]: the accept loop: pick a backend, connect (with failover), relay; stops on
@@ -26,6 +28,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod monitor;

@@ -1,19 +1,23 @@
 //! Background tasks that watch the backends: an active health check per backend, and in
 //! WorkloadSensitive mode a `/load` poller per backend. They write into the backends' live
 //! state and stop when their token is cancelled (shutdown, or a new configuration).
+//!
+//! A probe that cannot run because ballast itself is short of descriptors, memory or local
+//! ports ([`ProbeError::Local`]) is no verdict on the backend: it feeds nothing to the health
+//! state, and it is logged as ballast's own error once per shortage, not once per probe.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, error, info, warn};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::{Algorithm, Check, Config, HealthConfig, LoadPollConfig};
-use crate::probe;
+use crate::probe::{self, ProbeError};
 
 /// Starts the health checks, and the load pollers when `config` asks for workload-sensitive
 /// balancing, for `backends`; they run on `tracker` until `stop` is cancelled.
@@ -44,40 +48,122 @@ async fn until_cancelled(stop: CancellationToken, task: impl Future<Output = ()>
     }
 }
 
-/// Probes the backend every `interval` (jittered) and feeds the results to its health.
+/// Probes the backend every `interval` (jittered) and feeds the verdicts to its health. A
+/// probe that could not run for ballast's own lack of resources is no verdict.
 async fn check_loop(backend: Arc<Backend>, health: HealthConfig) {
     let mut jitter = Jitter::new();
+    let what = format!(
+        "health check of backend {} ({})",
+        backend.name, backend.addr
+    );
+    let mut shortage = Shortage::new(format!("cannot run the {what}"), what);
     loop {
         tokio::time::sleep(jitter.spread(health.interval)).await;
         let result = match &backend.config.check {
             Check::Tcp => probe::tcp_connect(backend.addr, health.timeout).await,
-            Check::Http(path) => probe::http_get(backend.addr, path, health.timeout)
-                .await
-                .map(drop),
+            Check::Http(path) => probe::http_check(backend.addr, path, health.timeout).await,
         };
         match result {
-            Ok(()) => backend.record_check(true, ""),
-            Err(e) => backend.record_check(false, &format!("health check failed: {e}")),
+            Err(ProbeError::Local(e)) => shortage.skipped(&e),
+            Ok(()) => {
+                shortage.over();
+                backend.record_check(true, "");
+            }
+            Err(e) => {
+                shortage.over();
+                backend.record_check(false, &format!("health check failed: {e}"));
+            }
+        }
+    }
+}
+
+/// A run of probes that could not run because ballast was short of its own resources.
+/// Logged at error level once when it starts and at info once it is over, with each skipped
+/// probe at debug: a shortage lasting an hour is two lines at the default level, not one per
+/// probe.
+struct Shortage {
+    /// The first line's start, such as `cannot run the health check of backend a (ADDR)`.
+    cannot: String,
+    /// The probe, for the other lines: `health check of backend a (ADDR)`.
+    what: String,
+    /// Probes skipped in the current shortage; 0 when there is none.
+    skipped: u64,
+}
+
+impl Shortage {
+    fn new(cannot: String, what: String) -> Shortage {
+        Shortage {
+            cannot,
+            what,
+            skipped: 0,
+        }
+    }
+
+    fn skipped(&mut self, e: &std::io::Error) {
+        if self.skipped == 0 {
+            error!(
+                "{}: {e}; ballast's own resources, not counted against the backend",
+                self.cannot
+            );
+        }
+        debug!("{} not run: {e}", self.what);
+        self.skipped += 1;
+    }
+
+    /// A probe ran (whatever its verdict).
+    fn over(&mut self) {
+        if self.skipped > 0 {
+            info!("{} runs again after {} skipped", self.what, self.skipped);
+            self.skipped = 0;
         }
     }
 }
 
 /// Polls the backend's load endpoint, publishing each good reading and forgetting the last
 /// one once it is stale. Logs when readings go bad and when they recover, not every poll.
+///
+/// A poll that could not run for ballast's own lack of resources is not a bad reading: it
+/// is logged as ballast's error (once per shortage) and leaves the readings' good or failing
+/// state alone. It brings no new reading either, so the last one ages as after a failed
+/// poll, and is dropped once stale: an old load is not believed, whoever is to blame.
 async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
     let mut jitter = Jitter::new();
     let mut healthy_readings: Option<bool> = None;
     let mut last_good: Option<Instant> = None;
     let (addr, path) = (backend.config.load_addr, backend.config.load_path.clone());
+    let mut shortage = Shortage::new(
+        format!(
+            "cannot poll the load of backend {} at http://{addr}{path}",
+            backend.name
+        ),
+        format!(
+            "load poll of backend {} at http://{addr}{path}",
+            backend.name
+        ),
+    );
     // A good reading proves what a TCP check of the same address would, and no more: it
     // must not mask a failing HTTP check, nor a dead data port behind a live load agent.
     let poll_proves_health = backend.config.check == Check::Tcp && addr == backend.addr;
+    // Without a reading now, the last good one stands until it is stale.
+    let age_out = |last_good: Option<Instant>| {
+        if last_good.is_none_or(|t| t.elapsed() >= poll.stale_after()) {
+            backend.set_load(None);
+        } else {
+            backend.restart_recent();
+        }
+    };
     loop {
         let reading = match probe::http_get(addr, &path, poll.timeout).await {
             Ok(body) => probe::parse_load(&body),
             Err(e) => Err(e),
         };
+        if let Err(ProbeError::Local(e)) = &reading {
+            shortage.skipped(e);
+        } else {
+            shortage.over();
+        }
         match reading {
+            Err(ProbeError::Local(_)) => age_out(last_good),
             Ok(load) => {
                 backend.set_load(Some(load));
                 last_good = Some(Instant::now());
@@ -100,11 +186,7 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
                     );
                 }
                 healthy_readings = Some(false);
-                if last_good.is_none_or(|t| t.elapsed() >= poll.stale_after()) {
-                    backend.set_load(None);
-                } else {
-                    backend.restart_recent();
-                }
+                age_out(last_good);
             }
         }
         tokio::time::sleep(jitter.spread(poll.interval)).await;

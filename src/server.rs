@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::{AccessLog, Config};
+use crate::fault::{self, Fault};
 use crate::monitor;
 use crate::relay;
 use crate::selection::{Candidate, Candidates, Selector};
@@ -681,8 +682,8 @@ fn log_config(what: &str, local: SocketAddr, config: &Config) {
 }
 
 /// Accept errors are either per-connection (the client gave up before we accepted it) or
-/// resource exhaustion (out of file descriptors or memory), where retrying at once would
-/// spin a core: back off, doubling up to a second.
+/// ballast's own shortage ([`Fault::Ours`]: out of file descriptors or memory), where
+/// retrying at once would spin a core: back off, doubling up to a second.
 #[derive(Default)]
 struct AcceptBackoff {
     delay: Option<Duration>,
@@ -694,7 +695,7 @@ impl AcceptBackoff {
     }
 
     async fn on_error(&mut self, e: io::Error) {
-        if !is_local_exhaustion(&e) {
+        if fault::classify(&e) == Fault::Peer {
             debug!("accept failed: {e}");
             return;
         }
@@ -705,22 +706,6 @@ impl AcceptBackoff {
         error!("accept failed: {e}; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Out of file descriptors, socket buffers or memory on this machine: no peer's fault.
-fn is_local_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
-    )
-}
-
-/// Linux errno values for resource exhaustion.
-mod libc_errno {
-    pub const ENOMEM: i32 = 12;
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENOBUFS: i32 = 105;
 }
 
 /// Counts one queued client for as long as it lives.
@@ -780,9 +765,9 @@ async fn connect_backend(
         };
         match connect(guard.backend(), snapshot.config.timeouts.connect).await {
             Ok(stream) => return Some((guard, stream)),
-            Err(e) if is_local_exhaustion(&e) => {
-                // Our own shortage says nothing about the backend: no failover, no health
-                // penalty, just this client turned away.
+            Err(e) if fault::classify(&e) == Fault::Ours => {
+                // Our own shortage says nothing about the backend: no failover (every other
+                // connect would fail alike), no health penalty, just this client turned away.
                 error!("{peer}: cannot open a backend connection: {e}; closing the client");
                 return None;
             }

@@ -807,8 +807,12 @@ async fn hostile_load_endpoints_leave_the_balancer_serving() {
     let endpoints: [(&str, LoadAnswer, &str); 9] = [
         ("slow", LoadAnswer::Silent, "timed out after 200ms"),
         ("trickle", LoadAnswer::Trickle("5"), "timed out after 200ms"),
-        ("huge", LoadAnswer::Huge, "bad response: larger than 4 KiB"),
-        ("binary", LoadAnswer::Binary, "bad response: no header end"),
+        (
+            "huge",
+            LoadAnswer::Huge,
+            "bad response: body larger than 4 KiB",
+        ),
+        ("binary", LoadAnswer::Binary, "bad response: not HTTP/1.x"),
         (
             "binary-body",
             LoadAnswer::BinaryBody,
