@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backend;
 use crate::config::MAX_WEIGHT;
 use crate::http::{self, Limits, Reply, Request};
+use crate::listener::AcceptBackoff;
 use crate::server::{Balancer, Snapshot, UnknownBackend};
 
 /// How often the chart's history takes a sample of every backend's active connections.
@@ -50,8 +51,6 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub const HISTORY_LEN: usize = 300;
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// After a failed `accept` (typically EMFILE), wait before retrying instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
@@ -110,6 +109,7 @@ pub async fn serve(
         limits: Limits::default(),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = AcceptBackoff::new("admin accept");
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,
@@ -124,6 +124,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.reset();
                 let (ctx, stop) = (Arc::clone(&ctx), stop.clone());
                 tasks.spawn(async move {
                     tokio::select! {
@@ -135,10 +136,7 @@ pub async fn serve(
                     drop(permit);
                 });
             }
-            Err(e) => {
-                warn!("admin accept failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => backoff.on_error(e).await,
         }
     }
     drop(listener);

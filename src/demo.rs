@@ -15,6 +15,7 @@ use log::{debug, info, warn};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::http::{self, Limits, Reply, Request};
+use crate::listener::AcceptBackoff;
 
 /// Where `/load` gets its number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +50,6 @@ const ALLOW: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
 /// How often the CPU sampler takes a reading; sysinfo needs at least
 /// `MINIMUM_CPU_UPDATE_INTERVAL` between samples for a meaningful difference.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
-/// After a failed `accept` (typically EMFILE), wait before retrying instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves the demo until `shutdown` completes, one task per connection.
 ///
@@ -80,6 +79,7 @@ pub async fn serve(
     });
 
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::new("demo accept");
     loop {
         tokio::select! {
             () = &mut shutdown => {
@@ -88,6 +88,7 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    backoff.reset();
                     let ctx = Arc::clone(&ctx);
                     tokio::spawn(async move {
                         if let Err(e) = serve_connection(stream, &ctx).await {
@@ -95,10 +96,7 @@ pub async fn serve(
                         }
                     });
                 }
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+                Err(e) => backoff.on_error(e).await,
             },
         }
     }

@@ -15,6 +15,8 @@
 //!   health check reads the response head only), and the `/load` body parser.
 //! - [`monitor`]: background health checks and `/load` pollers that feed the backends' state.
 //! - [`relay`]: moves bytes both ways between client and backend, preserving half-close.
+//! - [`listener`]: listening sockets for both binaries (`SO_REUSEADDR`, `SO_REUSEPORT`, a
+//!   deep backlog) and the back-off after a failed `accept`.
 //! - [`server`]: the accept loop: pick a backend, connect (with failover), relay; stops on
 //!   shutdown and drains with a bounded grace period.
 //! - [`admin`]: the admin listener: status page, Prometheus metrics, JSON status and the
@@ -31,6 +33,7 @@ pub mod demo;
 pub mod fault;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod monitor;
 pub mod probe;
 pub mod relay;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use ballast::cli::{self, Command};
 use ballast::config::Config;
-use ballast::server;
+use ballast::{listener, server};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
@@ -82,7 +82,7 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
         let hangup = watch(SignalKind::hangup(), "SIGHUP")?;
         let listen = config.listen;
         let listener =
-            server::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            listener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let (reloads, reloaded) = mpsc::channel(4);
         tokio::spawn(reload_on_sighup(hangup, path, reloads));
         server::run_with_reloads(config, listener, signals.shutdown(), reloaded)

@@ -23,12 +23,10 @@ use crate::admin;
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::{AccessLog, Config};
 use crate::fault::{self, Fault};
+use crate::listener::{self, AcceptBackoff};
 use crate::monitor;
 use crate::relay;
 use crate::selection::{Candidate, Candidates, Selector};
-
-/// Pending connections the kernel may queue before we accept them.
-const LISTEN_BACKLOG: i32 = 4096;
 
 /// Everything a connection needs to pick and reach a backend, immutable once built. A new
 /// configuration builds a new snapshot and swaps it in whole.
@@ -212,42 +210,6 @@ impl Balancer {
     }
 }
 
-/// Binds a listening socket with a deep backlog, so bursts of connections wait in the kernel
-/// rather than being refused.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    // SO_REUSEPORT would let a second balancer (or a stray copy of this one) share the port
-    // silently and take half its connections: a plain bind first makes that an error.
-    if addr.port() != 0 {
-        reusable_socket(addr)?.bind(&addr.into())?;
-    }
-    TcpListener::from_std(bind_std(addr)?)
-}
-
-/// A TCP socket for `addr` with `SO_REUSEADDR`, so a restart binds despite TIME_WAIT.
-fn reusable_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    Ok(socket)
-}
-
-/// A non-blocking listening socket with `SO_REUSEPORT`, so that every worker can bind one of
-/// its own to the same address.
-fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = reusable_socket(addr)?;
-    socket.set_nonblocking(true)?;
-    // Accepted sockets inherit TCP_NODELAY on Linux: one system call per client saved.
-    socket.set_tcp_nodelay(true)?;
-    relay::limit_unsent(&socket);
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
 /// Serves `listener` with `config` until `shutdown` completes; see [`run_with_reloads`].
 pub async fn run(
     config: Config,
@@ -425,7 +387,7 @@ pub async fn run_with_reloads(
         }
         let mut new_socket = None;
         if config.listen != current.config.listen {
-            match bind(config.listen).and_then(TcpListener::into_std) {
+            match listener::bind(config.listen).and_then(TcpListener::into_std) {
                 Ok(socket) => new_socket = Some(socket),
                 Err(e) => {
                     error!(
@@ -555,7 +517,7 @@ fn worker_socket(shared: &std::net::TcpListener, worker: usize) -> io::Result<Tc
     let own = if worker == 0 {
         None
     } else {
-        shared.local_addr().and_then(bind_std).ok()
+        shared.local_addr().and_then(listener::bind_worker).ok()
     };
     let socket = match own {
         Some(socket) => socket,
@@ -575,7 +537,7 @@ fn worker_socket(shared: &std::net::TcpListener, worker: usize) -> io::Result<Tc
 /// the kernel's backlog.
 async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
     let mut sockets = acceptors.listener.subscribe();
-    let mut backoff = AcceptBackoff::default();
+    let mut backoff = AcceptBackoff::new("accept");
     'sockets: loop {
         let current = sockets.borrow_and_update().clone();
         let Some(current) = current else { return };
@@ -656,7 +618,7 @@ fn start_admin(
     background: &TaskTracker,
     parent: &CancellationToken,
 ) -> io::Result<CancellationToken> {
-    let listener = bind(addr)
+    let listener = listener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
     let local = listener.local_addr()?;
     let stop = parent.child_token();
@@ -678,33 +640,6 @@ fn log_config(what: &str, local: SocketAddr, config: &Config) {
     );
     for b in &config.backends {
         info!("backend {} at {} weight {}", b.name, b.addr, b.weight);
-    }
-}
-
-/// Accept errors are either per-connection (the client gave up before we accepted it) or
-/// ballast's own shortage ([`Fault::Ours`]: out of file descriptors or memory), where
-/// retrying at once would spin a core: back off, doubling up to a second.
-#[derive(Default)]
-struct AcceptBackoff {
-    delay: Option<Duration>,
-}
-
-impl AcceptBackoff {
-    fn reset(&mut self) {
-        self.delay = None;
-    }
-
-    async fn on_error(&mut self, e: io::Error) {
-        if fault::classify(&e) == Fault::Peer {
-            debug!("accept failed: {e}");
-            return;
-        }
-        let delay = self.delay.map_or(Duration::from_millis(10), |d| {
-            (d * 2).min(Duration::from_secs(1))
-        });
-        self.delay = Some(delay);
-        error!("accept failed: {e}; retrying in {delay:?}");
-        tokio::time::sleep(delay).await;
     }
 }
 

@@ -212,7 +212,7 @@ async fn start_ballast(backend: SocketAddr, relay: &str) -> (SocketAddr, oneshot
             health: (interval: "1h"))"#
     );
     let config = Config::parse(&text, Path::new("differential.ron")).expect("config");
-    let listener = server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = ballast::listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(server::run(config, listener, async {

@@ -162,26 +162,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Listens with a deep backlog (tokio's default is 1024): a proxy that accepts a burst of
-/// clients opens a burst of connections here, and a SYN dropped on a full queue stalls its
-/// client for a whole second before the retry.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
-
 async fn run(args: Args) -> Result<(), String> {
     // Register signal handlers before announcing readiness, so a supervisor that signals
     // right after the readiness line cannot kill us with the default action.
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
-    let listener =
-        listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = ballast::listener::bind(args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
