@@ -577,14 +577,36 @@ impl Direction {
             },
         };
         let len = (zero_copy::FIRST_SPLICE << self.ramp).min(pipe.capacity());
-        let filled = from.try_io(Interest::READABLE, || pipe.fill_from(from, len));
+        let buf = self.buf.get_or_insert_with(pool::take);
+        let filled = from.try_io(Interest::READABLE, || {
+            match pipe.fill_from(from, len) {
+                Ok(n) if n > 0 => Ok(Filled::Pipe(n)),
+                // splice(2) never moves past TCP urgent data: at the urgent mark it answers 0
+                // (as at EOF) or EAGAIN (as for an empty socket) however much follows. One
+                // copy read tells them apart, and skips the urgent byte as a direct reader
+                // does; its EAGAIN is the proof that the socket is empty.
+                Ok(_) => read_once(from, buf).map(Filled::Buffer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    read_once(from, buf).map(Filled::Buffer)
+                }
+                Err(e) => Err(e),
+            }
+        });
         self.pipe = Some(pipe);
         Poll::Ready(match filled {
-            Ok(n) => {
+            Ok(Filled::Pipe(n)) => {
                 self.in_pipe = n;
+                if let Some(buf) = self.buf.take() {
+                    pool::give(buf);
+                }
                 if n == len && (zero_copy::FIRST_SPLICE << self.ramp) < pipe_size {
                     self.ramp += 1;
                 }
+                Ok(n)
+            }
+            Ok(Filled::Buffer(n)) => {
+                self.start = 0;
+                self.end = n;
                 Ok(n)
             }
             Err(e) if zero_copy::unsupported(&e) => {
@@ -634,6 +656,18 @@ impl Direction {
             pipe.give_back();
         }
     }
+}
+
+/// Where a splicing read put its bytes.
+enum Filled {
+    Pipe(usize),
+    Buffer(usize),
+}
+
+/// One `recv` into `buf`, with no readiness bookkeeping: for use inside `try_io`.
+fn read_once(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    (&*socket2::SockRef::from(socket)).read(buf)
 }
 
 /// The most bytes a relay leaves unsent in a destination socket's send queue

@@ -40,6 +40,10 @@ struct Plan {
     writes: Vec<(u64, usize)>,
     /// Write only after reading the peer's EOF (a server that answers a whole request).
     after_eof: bool,
+    /// Send one byte of TCP urgent data (`MSG_OOB`) after this many writes. Without
+    /// `SO_OOBINLINE` a reader never sees it in the stream, so it is not among the bytes
+    /// the peer expects; a relay must neither pass it on inline nor stop at it.
+    urgent_after: Option<usize>,
     finish: Finish,
     /// Bytes asked for per read.
     read_size: usize,
@@ -121,7 +125,10 @@ async fn endpoint(
         }
         let data = pattern(me.total(), me.seed);
         let mut at = 0;
-        for &(pause, len) in &me.writes {
+        for (i, &(pause, len)) in me.writes.iter().enumerate() {
+            if me.urgent_after == Some(i) {
+                send_urgent(&w).await;
+            }
             if pause > 0 {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
@@ -149,6 +156,17 @@ async fn endpoint(
         exact: got == expected,
         ending,
     }
+}
+
+/// Sends one byte of urgent data, with pauses around it so that it arrives on its own.
+async fn send_urgent(w: &tokio::net::tcp::OwnedWriteHalf) {
+    /// `MSG_OOB` from `<sys/socket.h>`.
+    const MSG_OOB: i32 = 1;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    socket2::SockRef::from(w.as_ref())
+        .send_with_flags(b"!", MSG_OOB)
+        .expect("send urgent data");
+    tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
 /// A scenario: what the client does and what the backend does.
@@ -258,6 +276,7 @@ fn random_plan(rng: &mut Rng, finish: Finish) -> Plan {
     Plan {
         writes,
         after_eof: rng.below(4) == 0,
+        urgent_after: None,
         finish,
         read_size: rng.pick(&[512, 4096, 16_384, 65_536, 1 << 20]),
         read_pause_us: rng.pick(&[0, 0, 0, 200, 1000]),
@@ -298,6 +317,7 @@ fn plan(writes: &[(u64, usize)], finish: Finish, read_size: usize, pause_us: u64
     Plan {
         writes: writes.to_vec(),
         after_eof: false,
+        urgent_after: None,
         finish,
         read_size,
         read_pause_us: pause_us,
@@ -311,6 +331,10 @@ fn fixed_scenarios() -> Vec<Scenario> {
     const MIB: usize = 1 << 20;
     let mut answer_after_upload = plan(&[(0, 3)], Fin, 65_536, 0);
     answer_after_upload.after_eof = true;
+    let urgent = |writes: &[(u64, usize)], after: usize| Plan {
+        urgent_after: Some(after),
+        ..plan(writes, Fin, 65_536, 0)
+    };
     vec![
         // Nothing either way.
         (plan(&[], Fin, 4096, 0), plan(&[], Fin, 4096, 0)),
@@ -349,6 +373,16 @@ fn fixed_scenarios() -> Vec<Scenario> {
         (
             plan(&[(0, 2 * MIB)], Fin, 65_536, 0),
             plan(&[(0, MIB)], Reset, 65_536, 0),
+        ),
+        // Urgent data (telnet's and FTP's interrupt) amid small and bulk streams, both ways.
+        (urgent(&[(0, 10), (0, 10)], 1), plan(&[], Fin, 4096, 0)),
+        (
+            urgent(&[(0, 100_000), (0, 100_000)], 1),
+            plan(&[], Fin, 4096, 0),
+        ),
+        (
+            plan(&[(0, 10)], Fin, 4096, 0),
+            urgent(&[(0, 2 * MIB), (0, MIB)], 1),
         ),
         // Many tiny writes with pauses between them (interactive traffic).
         (
