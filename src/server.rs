@@ -701,10 +701,15 @@ async fn connect_backend(
         match connect(guard.backend(), snapshot.config.timeouts.connect).await {
             Ok(stream) => return Some((guard, stream)),
             Err(e) if fault::classify(&e) == Fault::Ours => {
-                // Our own shortage says nothing about the backend: no failover (every other
-                // connect would fail alike), no health penalty, just this client turned away.
-                error!("{peer}: cannot open a backend connection: {e}; closing the client");
-                return None;
+                // Our own shortage says nothing about the backend: no health penalty. Still
+                // try another: local ports run out per destination, so another backend may
+                // well be reachable (and out of descriptors, the others fail as fast).
+                tried.push(index);
+                let backend = guard.backend();
+                error!(
+                    "{peer}: cannot open a connection to backend {} ({}): {e} (ballast's own shortage, not counted against the backend); trying another",
+                    backend.name, backend.addr
+                );
             }
             Err(e) => {
                 tried.push(index);
