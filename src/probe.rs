@@ -1,7 +1,8 @@
 //! One-shot probes of a backend: a TCP connect, an HTTP health check, or the `/load` poll.
 //! Raw HTTP/1.1 over a socket of our own, with `httparse` reading the response head: no HTTP
-//! client library. Nothing a backend sends can make us read more than [`MAX_HEAD`] (plus
-//! [`MAX_BODY`] for `/load`), and what we allocate stays within a small multiple of that.
+//! client library. Nothing a backend sends can make us read more than [`MAX_CHECK_HEAD`] for
+//! a check, or [`MAX_HEAD`] plus [`MAX_BODY`] for `/load`, and what we allocate stays within
+//! a small multiple of that.
 //!
 //! The health check judges the status line alone. It reads the response head, never the
 //! body, then closes, so a body's framing (chunked, a length, none) and its size cannot fail
@@ -23,6 +24,11 @@ use crate::fault::{self, Fault};
 /// The most of a response head we read, interim (1xx) heads included. nginx's and HAProxy's
 /// usual buffers are 8 KiB and up; a health endpoint's head is a few hundred bytes.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// The largest response head a health check reads through. Only the status line decides,
+/// but the check reads to the head's end, so a backend that closes mid-head fails. HAProxy
+/// reads heads into its 16 KiB buffer; frameworks that send every cookie and policy header
+/// can pass 8 KiB.
+pub const MAX_CHECK_HEAD: usize = 64 * 1024;
 /// The most of a `/load` body we read; a reading is a few bytes.
 pub const MAX_BODY: usize = 4 * 1024;
 
@@ -36,6 +42,8 @@ pub enum ProbeError {
     Io(io::Error),
     /// The answer is not an HTTP/1.x response, or breaks one of our bounds.
     BadResponse(&'static str),
+    /// The response head did not end within this many KiB.
+    TooLarge(usize),
     /// A final status other than 2xx.
     Status(u16),
     BadLoad(String),
@@ -67,6 +75,7 @@ impl fmt::Display for ProbeError {
             ProbeError::Connect(e) => write!(f, "connect failed: {e}"),
             ProbeError::Io(e) => write!(f, "{e}"),
             ProbeError::BadResponse(what) => write!(f, "bad response: {what}"),
+            ProbeError::TooLarge(kib) => write!(f, "bad response: head larger than {kib} KiB"),
             ProbeError::Status(code) => write!(f, "status {code}"),
             ProbeError::BadLoad(why) => write!(f, "bad load reading: {why}"),
         }
@@ -90,8 +99,8 @@ pub async fn http_check(addr: SocketAddr, path: &str, limit: Duration) -> Result
     let check = async {
         // Any media type: a health endpoint that only speaks JSON must not fail with 406.
         let mut stream = send_get(addr, path, "*/*").await?;
-        let (head, _) = read_head(&mut stream).await?;
-        success(head.status)
+        let (status, _) = read_until(&mut stream, parse_status, MAX_CHECK_HEAD).await?;
+        success(status)
         // Dropping the stream closes it with the body (if any) unread.
     };
     tokio::time::timeout(limit, check)
@@ -109,7 +118,7 @@ pub async fn http_get(
 ) -> Result<Vec<u8>, ProbeError> {
     let poll = async {
         let mut stream = send_get(addr, path, "text/plain").await?;
-        let (head, buf) = read_head(&mut stream).await?;
+        let (head, buf) = read_until(&mut stream, parse_head, MAX_HEAD).await?;
         success(head.status)?;
         let framing = head.framing.map_err(ProbeError::BadResponse)?;
         read_body(&mut stream, buf[head.len..].to_vec(), framing).await
@@ -142,12 +151,17 @@ async fn send_get(addr: SocketAddr, path: &str, accept: &str) -> Result<TcpStrea
     Ok(stream)
 }
 
-/// Reads until the final response head is complete. Returns it with everything read so
-/// far: the head, and whatever part of the body came with it.
-async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>), ProbeError> {
-    let mut buf = Vec::with_capacity(MAX_HEAD);
+/// Reads until `parse` finds what it looks for (the final status, or the final head), at
+/// most `max` bytes. Returns it with everything read so far: the head, and whatever
+/// part of the body came with it.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    parse: fn(&[u8]) -> Result<Option<T>, ProbeError>,
+    max: usize,
+) -> Result<(T, Vec<u8>), ProbeError> {
+    let mut buf = Vec::with_capacity(MAX_HEAD.min(max));
     loop {
-        let room = MAX_HEAD - buf.len();
+        let room = max - buf.len();
         let old = buf.len();
         let read = if room == 0 {
             0
@@ -161,15 +175,15 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>), ProbeError
         if read == 0 {
             // Closed, or the bound is reached: what is wrong with what we have, if anything,
             // says more than "incomplete".
-            return match parse_head(&buf)? {
+            return match parse(&buf)? {
                 Some(head) => Ok((head, buf)),
-                None if room == 0 => Err(ProbeError::BadResponse("head larger than 8 KiB")),
+                None if room == 0 => Err(ProbeError::TooLarge(max / 1024)),
                 None => Err(ProbeError::BadResponse("closed before the end of the head")),
             };
         }
         // A head (or a bad status line) can only be complete once a line is.
         if buf[old..].contains(&b'\n')
-            && let Some(head) = parse_head(&buf)?
+            && let Some(head) = parse(&buf)?
         {
             return Ok((head, buf));
         }
@@ -209,30 +223,55 @@ fn parser() -> httparse::ParserConfig {
     config
 }
 
+/// The final status of the response at the start of `buf`, once its head has ended (an
+/// empty line); `Ok(None)` until then. What a health check decides on: interim 1xx heads
+/// are skipped, and the final head's header lines are only looked through for its end, so
+/// no header's content can fail a check. A status line that is not `HTTP/1.x NNN` is an
+/// error, as in [`parse_head`].
+pub fn parse_status(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
+    let mut start = 0;
+    loop {
+        let rest = &buf[start..];
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            return Ok(None);
+        };
+        // The status line alone, closed by an empty line: a complete head without headers.
+        let mut line = rest[..=end].to_vec();
+        line.extend_from_slice(b"\r\n");
+        let mut response = httparse::Response::new(&mut []);
+        match parser().parse_response(&mut response, &line) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(ProbeError::BadResponse("malformed status line"));
+            }
+            Err(e) => return Err(ProbeError::BadResponse(describe(e))),
+        }
+        let status = response
+            .code
+            .filter(|code| (100..600).contains(code))
+            .ok_or(ProbeError::BadResponse("malformed status line"))?;
+        if !(100..200).contains(&status) || status == 101 {
+            let ended =
+                rest.windows(2).any(|w| w == b"\n\n") || rest.windows(3).any(|w| w == b"\n\r\n");
+            return Ok(ended.then_some(status));
+        }
+        match parse_one(rest)? {
+            Some((len, _)) => start += len,
+            None => return Ok(None),
+        }
+    }
+}
+
 /// Parses the response head at the start of `buf`: `Ok(None)` while it is incomplete.
 /// Interim 1xx heads (such as 103 Early Hints) are skipped, as RFC 9110 asks of every
 /// client; `101 Switching Protocols`, which we never ask for, is final. A status line that
 /// is not `HTTP/1.x NNN` (reason phrase optional) is an error; so is a code outside 100-599.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
-    let config = parser();
     let mut start = 0;
     loop {
-        let rest = &buf[start..];
-        // Every header ends with a line feed and takes at least three bytes (`a:\n`), so
-        // there are never more headers than this: no header count can fail a check, and the
-        // head's size bounds the array (32 bytes an entry).
-        let lines = rest.iter().filter(|&&b| b == b'\n').count();
-        let mut headers = vec![httparse::EMPTY_HEADER; lines.min(rest.len() / 3)];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match config.parse_response(&mut response, rest) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(ProbeError::BadResponse(describe(e))),
+        let Some((len, (status, framing))) = parse_one(&buf[start..])? else {
+            return Ok(None);
         };
-        let status = response
-            .code
-            .filter(|code| (100..600).contains(code))
-            .ok_or(ProbeError::BadResponse("malformed status line"))?;
         start += len;
         if (100..200).contains(&status) && status != 101 {
             continue;
@@ -240,9 +279,32 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
         return Ok(Some(Head {
             status,
             len: start,
-            framing: framing(status, response.headers),
+            framing,
         }));
     }
+}
+
+/// The status and framing of the one head at the start of `rest`, and its length; `None`
+/// while it is incomplete.
+type OneHead = (usize, (u16, Result<Framing, &'static str>));
+
+fn parse_one(rest: &[u8]) -> Result<Option<OneHead>, ProbeError> {
+    // Every header ends with a line feed and takes at least three bytes (`a:\n`), so there
+    // are never more headers than this: no header count can fail a parse, and the head's
+    // size bounds the array (32 bytes an entry).
+    let lines = rest.iter().filter(|&&b| b == b'\n').count();
+    let mut headers = vec![httparse::EMPTY_HEADER; lines.min(rest.len() / 3)];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match parser().parse_response(&mut response, rest) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ProbeError::BadResponse(describe(e))),
+    };
+    let status = response
+        .code
+        .filter(|code| (100..600).contains(code))
+        .ok_or(ProbeError::BadResponse("malformed status line"))?;
+    Ok(Some((len, (status, framing(status, response.headers)))))
 }
 
 fn describe(e: httparse::Error) -> &'static str {
@@ -715,7 +777,7 @@ mod tests {
             (
                 b"HTTP/1.1 200 OK\r\nX-Pad: ",
                 1 << 20,
-                "bad response: head larger than 8 KiB",
+                "bad response: head larger than 64 KiB",
             ),
         ];
         for (response, filler, expected) in cases {

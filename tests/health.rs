@@ -53,6 +53,9 @@ enum Answer {
     Unavailable,
     /// Not HTTP at all.
     Garbage,
+    /// 200 followed by 100 header lines of 100 bytes (a 10 KB head, as some frameworks
+    /// send with every cookie and policy header).
+    BigHead,
     /// A status line followed by headers that never end.
     EndlessHead,
     /// Closes without a byte.
@@ -111,6 +114,16 @@ async fn answer(s: &mut TcpStream, answer: Answer) {
         Answer::Garbage => {
             let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
         }
+        Answer::BigHead => {
+            let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            for i in 0..100 {
+                head.extend_from_slice(
+                    format!("X-Header-{i:03}: {}\r\n", "v".repeat(82)).as_bytes(),
+                );
+            }
+            head.extend_from_slice(b"\r\nok");
+            let _ = s.write_all(&head).await;
+        }
         Answer::EndlessHead => {
             if s.write_all(b"HTTP/1.1 200 OK\r\n").await.is_ok() {
                 stream_until_closed(s, &filler(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaa\r\n"), 1 << 20)
@@ -167,7 +180,8 @@ fn http_checks(backends: &[(&str, SocketAddr, u32)]) -> String {
     )
 }
 
-/// Every 200 passes, whatever its body: the check reads the head and closes.
+/// Every 200 passes, whatever its body and whatever its headers (a 10 KB head too): the
+/// check reads the head and closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_check_passes_any_200_whatever_its_body() {
     let kinds = [
@@ -175,6 +189,7 @@ async fn http_check_passes_any_200_whatever_its_body() {
         ("chunked", Answer::Chunked),
         ("big", Answer::Big),
         ("endless", Answer::Endless),
+        ("big-head", Answer::BigHead),
     ];
     let mut backends = Vec::new();
     let mut probes = Vec::new();
@@ -230,7 +245,7 @@ async fn http_check_fails_a_bad_status_or_a_malformed_answer() {
         (
             "endless-head",
             Answer::EndlessHead,
-            "bad response: head larger than 8 KiB",
+            "bad response: head larger than 64 KiB",
         ),
         (
             "silent",
