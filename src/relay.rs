@@ -12,12 +12,10 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::net::tcp::ReadHalf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -131,8 +129,8 @@ impl StopSignal {
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
 /// expires, either side fails or `stop` is raised. Returns what was moved and how it ended.
 pub async fn relay(
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: TcpStream,
+    backend: TcpStream,
     limits: &Limits,
     totals: Totals<'_>,
     stop: &StopSignal,
@@ -156,7 +154,7 @@ pub async fn relay(
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
         // frame, not a waiter node per pending operation.
         let event = std::future::poll_fn(|cx| {
-            if let Some(event) = flows.poll(cx, &mut client, &mut backend, limits.pipe_size) {
+            if let Some(event) = flows.poll(cx, &client, &backend, limits.pipe_size) {
                 return Poll::Ready(event);
             }
             if stop.is_raised() {
@@ -239,18 +237,16 @@ impl Flows<'_> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        client: &mut TcpStream,
-        backend: &mut TcpStream,
+        client: &TcpStream,
+        backend: &TcpStream,
         pipe_size: usize,
     ) -> Option<Event> {
         let (up, down) = (&mut self.upstream, &mut self.downstream);
-        let (mut from_client, to_client) = client.split();
-        let (mut from_backend, to_backend) = backend.split();
         let mut event = None;
         if !up.finished
             && let Poll::Ready(result) = up.poll(
                 cx,
-                (&mut from_client, to_backend.as_ref()),
+                (client, backend),
                 &self.up_bytes,
                 down.finished,
                 pipe_size,
@@ -260,7 +256,7 @@ impl Flows<'_> {
         } else if !down.finished
             && let Poll::Ready(result) = down.poll(
                 cx,
-                (&mut from_backend, to_client.as_ref()),
+                (backend, client),
                 &self.down_bytes,
                 up.finished,
                 pipe_size,
@@ -365,10 +361,9 @@ impl Side {
 /// destination cannot take them yet. Once a read fills a whole buffer (bulk traffic) the
 /// direction splices through a pooled pipe instead, when one may be had.
 ///
-/// Readiness is only ever cleared on proof that a socket is empty (or full): an `EAGAIN`, or
-/// a short `recv`/`send`, which tokio ties to the very readiness event it answered. A short
-/// `splice` proves nothing (the pipe, not the socket, may have been the limit), so a
-/// splicing direction reads until `EAGAIN`.
+/// Readiness is only ever cleared on proof that a socket is empty (or full): an `EAGAIN`.
+/// A short transfer proves nothing: a `splice` may have been limited by the pipe, and both
+/// `recv` and `splice` stop at TCP urgent data with more bytes queued behind it.
 struct Direction {
     /// Owners of the source and destination sockets, so an error names the right side.
     sides: [Side; 2],
@@ -433,7 +428,7 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        ends: (&mut ReadHalf<'_>, &TcpStream),
+        ends: (&TcpStream, &TcpStream),
         moved: &Tally<'_>,
         other_finished: bool,
         pipe_size: usize,
@@ -449,7 +444,7 @@ impl Direction {
     fn poll_inner(
         &mut self,
         cx: &mut Context<'_>,
-        (from, to): (&mut ReadHalf<'_>, &TcpStream),
+        (from, to): (&TcpStream, &TcpStream),
         moved: &Tally<'_>,
         other_finished: bool,
         pipe_size: usize,
@@ -506,7 +501,7 @@ impl Direction {
                 }
             }
             let read = if self.bulk && self.splice != Splice::Off {
-                self.poll_splice_in(cx, from.as_ref(), pipe_size)
+                self.poll_splice_in(cx, from, pipe_size)
             } else {
                 self.poll_copy_in(cx, from)
             };
@@ -532,21 +527,17 @@ impl Direction {
         }
     }
 
-    /// Reads into a pooled buffer through tokio, which marks the socket drained after a
-    /// short read (one `recv` per message, as nginx does) using the readiness event that
-    /// read answered, so readiness that arrives meanwhile is kept. A read that fills the
-    /// buffer marks the direction as bulk.
-    fn poll_copy_in(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut ReadHalf<'_>,
-    ) -> Poll<io::Result<usize>> {
+    /// Reads into a pooled buffer. `WouldBlock` only on `EAGAIN`: a short read is no proof
+    /// that the socket is empty, because a read stops at TCP urgent data with more queued
+    /// behind it, and with edge-triggered readiness nothing would wake us for those bytes
+    /// (tokio's own `poll_read` takes a short read for a drained socket, so the relay does
+    /// not use it). The extra `recv` that answers `EAGAIN` cost nothing measurable in
+    /// keep-alive or churn request rates. A read that fills the buffer marks the direction
+    /// as bulk.
+    fn poll_copy_in(&mut self, cx: &mut Context<'_>, from: &TcpStream) -> Poll<io::Result<usize>> {
+        ready!(from.poll_read_ready(cx))?;
         let buf = self.buf.get_or_insert_with(pool::take);
-        let mut read = ReadBuf::new(buf);
-        if let Err(e) = ready!(Pin::new(from).poll_read(cx, &mut read)) {
-            return Poll::Ready(Err(e));
-        }
-        let n = read.filled().len();
+        let n = from.try_read(buf)?;
         if n == buf.len() {
             self.bulk = true;
         }

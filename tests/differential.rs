@@ -31,6 +31,10 @@ enum Finish {
     /// Once the peer has read every byte of ours and we have read all of the peer's up to
     /// its EOF: an abortive close (`SO_LINGER` 0), so the peer reads a reset.
     Reset,
+    /// Right after the writes, reading nothing: an abortive close mid-stream. How many of
+    /// the bytes reach the peer is up to timing, on a direct connection too; what must hold
+    /// is that the peer reads a prefix of them and then a reset, never a clean EOF.
+    Abort,
 }
 
 /// What one endpoint does.
@@ -67,6 +71,8 @@ enum Ending {
     Eof,
     Reset,
     Other(std::io::ErrorKind),
+    /// The endpoint aborted without reading.
+    NotRead,
 }
 
 /// What one endpoint saw: the bytes it read (checked against what the peer wrote) and how
@@ -76,6 +82,8 @@ struct Outcome {
     received: usize,
     /// Whether the bytes read are exactly the peer's bytes, in order.
     exact: bool,
+    /// Whether the bytes read are the start of the peer's bytes, in order.
+    prefix: bool,
     ending: Ending,
 }
 
@@ -91,6 +99,9 @@ async fn endpoint(
     let expected = pattern(peer.total(), peer.seed);
     if expected.is_empty() {
         let _ = peers_read.send(true);
+    }
+    if me.finish == Finish::Abort {
+        return abort_after_writes(stream, &me).await;
     }
     let (mut r, mut w) = stream.into_split();
     let (eof_tx, eof_rx) = oneshot::channel::<()>();
@@ -136,10 +147,15 @@ async fn endpoint(
             at += len;
         }
         match me.finish {
+            // A peer that aborts may have reset the stream already.
+            Finish::Fin if peer.finish == Finish::Abort => {
+                let _ = w.shutdown().await;
+            }
             Finish::Fin => w.shutdown().await.expect("shutdown"),
             Finish::Reset => {
                 let _ = mine_read.wait_for(|&all| all).await;
             }
+            Finish::Abort => unreachable!("aborting endpoints return early"),
         }
         w
     };
@@ -154,7 +170,31 @@ async fn endpoint(
     Outcome {
         received: got.len(),
         exact: got == expected,
+        prefix: expected.starts_with(&got),
         ending,
+    }
+}
+
+/// An endpoint that writes its bytes and resets the stream at once, reading nothing.
+async fn abort_after_writes(mut stream: TcpStream, me: &Plan) -> Outcome {
+    let data = pattern(me.total(), me.seed);
+    let mut at = 0;
+    for &(pause, len) in &me.writes {
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        stream.write_all(&data[at..at + len]).await.expect("write");
+        at += len;
+    }
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(stream);
+    Outcome {
+        received: 0,
+        exact: true,
+        prefix: true,
+        ending: Ending::NotRead,
     }
 }
 
@@ -172,9 +212,15 @@ async fn send_urgent(w: &tokio::net::tcp::OwnedWriteHalf) {
 /// A scenario: what the client does and what the backend does.
 type Scenario = (Plan, Plan);
 
+/// Whether either side of `scenario` resets mid-stream.
+fn aborts((client, backend): &Scenario) -> bool {
+    client.finish == Finish::Abort || backend.finish == Finish::Abort
+}
+
 /// Runs every scenario, one after another, with the client connecting to `target` and the
 /// backend accepting on `backend`. Returns (client, backend) outcomes per scenario.
 async fn run_all(
+    label: &str,
     target: SocketAddr,
     backend: &TcpListener,
     scenarios: &[Scenario],
@@ -212,7 +258,7 @@ async fn run_all(
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "scenario {i} through {target} stalled: client {client_plan:?}, backend {backend_plan:?}"
+                    "scenario {i} through {label} stalled: client {client_plan:?}, backend {backend_plan:?}"
                 )
             });
         outcomes.push(outcome);
@@ -260,7 +306,7 @@ impl Rng {
 }
 
 fn random_plan(rng: &mut Rng, finish: Finish) -> Plan {
-    let writes = (0..rng.below(6))
+    let writes: Vec<(u64, usize)> = (0..rng.below(6))
         .map(|_| {
             let pause = if rng.below(3) == 0 { rng.below(15) } else { 0 };
             let len = match rng.below(10) {
@@ -273,10 +319,12 @@ fn random_plan(rng: &mut Rng, finish: Finish) -> Plan {
             (pause, len)
         })
         .collect();
+    let urgent_after =
+        (!writes.is_empty() && rng.below(5) == 0).then(|| rng.below(writes.len() as u64) as usize);
     Plan {
         writes,
         after_eof: rng.below(4) == 0,
-        urgent_after: None,
+        urgent_after,
         finish,
         read_size: rng.pick(&[512, 4096, 16_384, 65_536, 1 << 20]),
         read_pause_us: rng.pick(&[0, 0, 0, 200, 1000]),
@@ -327,7 +375,7 @@ fn plan(writes: &[(u64, usize)], finish: Finish, read_size: usize, pause_us: u64
 
 /// Shapes from bug reports against TCP proxies, always run.
 fn fixed_scenarios() -> Vec<Scenario> {
-    use Finish::{Fin, Reset};
+    use Finish::{Abort, Fin, Reset};
     const MIB: usize = 1 << 20;
     let mut answer_after_upload = plan(&[(0, 3)], Fin, 65_536, 0);
     answer_after_upload.after_eof = true;
@@ -384,6 +432,25 @@ fn fixed_scenarios() -> Vec<Scenario> {
             plan(&[(0, 10)], Fin, 4096, 0),
             urgent(&[(0, 2 * MIB), (0, MIB)], 1),
         ),
+        // An abortive close mid-stream, from either side, small and in bulk, with the peer
+        // reading fast or slowly.
+        (plan(&[(0, 10)], Abort, 4096, 0), plan(&[], Fin, 4096, 0)),
+        (
+            plan(&[(0, 4 * MIB)], Abort, 4096, 0),
+            plan(&[], Fin, 65_536, 0),
+        ),
+        (
+            plan(&[(0, 4 * MIB)], Abort, 4096, 0),
+            plan(&[], Fin, 4096, 1000),
+        ),
+        (
+            plan(&[], Fin, 65_536, 0),
+            plan(&[(0, 4 * MIB)], Abort, 4096, 0),
+        ),
+        (
+            plan(&[], Fin, 4096, 1000),
+            plan(&[(3, 100), (3, MIB)], Abort, 4096, 0),
+        ),
         // Many tiny writes with pauses between them (interactive traffic).
         (
             plan(&[(1, 1), (1, 2), (1, 3), (1, 1), (1, 5)], Fin, 1, 0),
@@ -422,23 +489,31 @@ async fn every_strategy_delivers_what_a_direct_connection_does() {
         keep_running.push(stop);
         let scenarios = scenarios.clone();
         runs.push(tokio::spawn(async move {
-            (relay, run_all(addr, &backend, &scenarios).await)
+            (relay, run_all(relay, addr, &backend, &scenarios).await)
         }));
     }
-    let direct = run_all(direct_addr, &direct_listener, &scenarios).await;
+    let direct = run_all(
+        "a direct connection",
+        direct_addr,
+        &direct_listener,
+        &scenarios,
+    )
+    .await;
     for (i, (client, backend)) in direct.iter().enumerate() {
         let (c, b) = &scenarios[i];
+        let aborted = aborts(&scenarios[i]);
         assert!(
-            client.exact && backend.exact,
+            (client.exact && backend.exact) || (aborted && client.prefix && backend.prefix),
             "scenario {i} is broken even over a direct connection: {client:?} {backend:?}"
         );
-        let expect = |finish: Finish| match finish {
-            Finish::Fin => Ending::Eof,
-            Finish::Reset => Ending::Reset,
+        let expect = |me: Finish, peer: Finish| match (me, peer) {
+            (Finish::Abort, _) => Ending::NotRead,
+            (_, Finish::Fin) => Ending::Eof,
+            (_, Finish::Reset | Finish::Abort) => Ending::Reset,
         };
         assert_eq!(
             (&client.ending, &backend.ending),
-            (&expect(b.finish), &expect(c.finish)),
+            (&expect(c.finish, b.finish), &expect(b.finish, c.finish)),
             "scenario {i} over a direct connection"
         );
     }
@@ -448,11 +523,25 @@ async fn every_strategy_delivers_what_a_direct_connection_does() {
             .expect("every strategy finishes within four minutes")
             .expect("run");
         for (i, (outcome, reference)) in outcomes.iter().zip(&direct).enumerate() {
-            assert_eq!(
-                outcome, reference,
-                "scenario {i} through ballast with `{relay}` (client, backend) differs from a direct connection: {:?}",
-                scenarios[i]
-            );
+            let context = || {
+                format!(
+                    "scenario {i} through ballast with `{relay}` (client, backend) differs from a direct connection ({reference:?}): {:?}",
+                    scenarios[i]
+                )
+            };
+            if aborts(&scenarios[i]) {
+                // How much arrives before the reset is up to timing; that it is an exact
+                // prefix, followed by a reset, is not.
+                let ends = |o: &(Outcome, Outcome)| (o.0.ending.clone(), o.1.ending.clone());
+                assert_eq!(ends(outcome), ends(reference), "{}", context());
+                assert!(
+                    outcome.0.prefix && outcome.1.prefix,
+                    "{outcome:?}: {}",
+                    context()
+                );
+            } else {
+                assert_eq!(outcome, reference, "{}", context());
+            }
         }
     }
     drop(keep_running);

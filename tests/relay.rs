@@ -355,3 +355,42 @@ async fn a_stalled_reader_parks_little_beyond_a_direct_connection() {
         );
     }
 }
+
+/// A message with one byte of TCP urgent data in its middle, all queued at ballast before it
+/// reads: a read stops at the urgent mark with the rest of the message behind it, so a relay
+/// that takes a short read (or a short splice) for a drained socket waits for a wake-up
+/// that never comes. The urgent byte itself is not part of the stream (no `SO_OOBINLINE`),
+/// exactly as over a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_data_amid_a_message_does_not_stall_it() {
+    /// `MSG_OOB` from `<sys/socket.h>`.
+    const MSG_OOB: i32 = 1;
+    let backend = spawn_backend(|mut s| async move {
+        let mut message = [0u8; 8];
+        if s.read_exact(&mut message).await.is_ok() {
+            let _ = s.write_all(&message).await;
+        }
+    })
+    .await;
+    for splice in ["Off", "Auto", "Always"] {
+        let b = Balancer::start(&config_with(
+            "RoundRobin",
+            &[("echo", backend, 1)],
+            &format!("relay: (splice: {splice}), {NO_PROBES}"),
+        ));
+        let s = connect(b.addr).await;
+        // Corked, the three sends leave as one burst and arrive together.
+        let sock = socket2::SockRef::from(&s);
+        sock.set_tcp_cork(true).expect("cork");
+        sock.send(b"aaaa").expect("send");
+        sock.send_with_flags(b"!", MSG_OOB).expect("send urgent");
+        sock.send(b"bbbb").expect("send");
+        sock.set_tcp_cork(false).expect("uncork");
+        let mut s = s;
+        let mut echoed = [0u8; 8];
+        within(s.read_exact(&mut echoed))
+            .await
+            .unwrap_or_else(|e| panic!("splice {splice}: {e}"));
+        assert_eq!(&echoed, b"aaaabbbb", "splice {splice}");
+    }
+}
