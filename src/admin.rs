@@ -40,10 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::balancer::{Balancer, Snapshot, UnknownBackend};
 use crate::config::MAX_WEIGHT;
 use crate::http::{self, Limits, Reply, Request};
 use crate::listener::AcceptBackoff;
-use crate::server::{Balancer, Snapshot, UnknownBackend};
 
 /// How often the chart's history takes a sample of every backend's active connections.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);

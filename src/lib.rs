@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod demo;

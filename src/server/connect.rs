@@ -1,0 +1,110 @@
+//! Reaching a backend for one client: pick, connect, fail over past backends that refuse
+//! or time out, and wait in the bounded queue while every backend is full.
+
+use crate::backend::{Backend, ConnectionGuard};
+use crate::balancer::{Balancer, Snapshot};
+use crate::fault::{self, Fault};
+use log::{debug, error, warn};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Counts one queued client for as long as it lives.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks and connects a backend for one client: tries each backend at most once, and waits
+/// in the bounded queue while the only backends left are at their connection limit.
+pub(super) async fn connect_backend(
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    balancer: &Balancer,
+) -> Option<(ConnectionGuard, TcpStream)> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut queued: Option<(QueueSlot<'_>, tokio::time::Instant)> = None;
+    loop {
+        // Registered before the pick, so a release between the pick and the wait is not lost.
+        let released = balancer.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        let Some((index, guard)) = snapshot.pick(&tried) else {
+            if !snapshot.any_full(&tried) {
+                warn!(
+                    "{peer}: no backend available ({} tried); closing the client connection",
+                    tried.len()
+                );
+                return None;
+            }
+            let limits = &snapshot.config.limits;
+            let deadline = match &queued {
+                Some((_, deadline)) => *deadline,
+                None => {
+                    if balancer.queued.fetch_add(1, Ordering::Relaxed) >= limits.queue {
+                        balancer.queued.fetch_sub(1, Ordering::Relaxed);
+                        warn!("{peer}: every backend is full and the queue is full; closing");
+                        return None;
+                    }
+                    let deadline = tokio::time::Instant::now() + limits.queue_timeout;
+                    queued = Some((QueueSlot(&balancer.queued), deadline));
+                    debug!("{peer}: every backend is full; queued");
+                    deadline
+                }
+            };
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                warn!(
+                    "{peer}: every backend stayed full for {:?}; closing",
+                    limits.queue_timeout
+                );
+                return None;
+            }
+            continue;
+        };
+        match connect(guard.backend(), snapshot.config.timeouts.connect).await {
+            Ok(stream) => return Some((guard, stream)),
+            Err(e) if fault::classify(&e) == Fault::Ours => {
+                // Our own shortage says nothing about the backend: no health penalty. Still
+                // try another: local ports run out per destination, so another backend may
+                // well be reachable (and out of descriptors, the others fail as fast).
+                tried.push(index);
+                let backend = guard.backend();
+                error!(
+                    "{peer}: cannot open a connection to backend {} ({}): {e} (ballast's own shortage, not counted against the backend); trying another",
+                    backend.name, backend.addr
+                );
+            }
+            Err(e) => {
+                tried.push(index);
+                let backend = guard.backend();
+                backend
+                    .stats()
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    "{peer}: backend {} ({}) connect failed: {e}; trying another",
+                    backend.name, backend.addr
+                );
+                backend.record_check(false, &format!("connect failed: {e}"));
+            }
+        }
+    }
+}
+
+async fn connect(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(limit, TcpStream::connect(backend.addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {limit:?}"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
