@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ballast::config::Algorithm;
+use ballast::selection::Algorithm;
 use ballast::selection::{Candidate, Selector};
 
 const ALGORITHMS: [Algorithm; 4] = [

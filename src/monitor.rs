@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{Algorithm, Check, Config, HealthConfig, LoadPollConfig};
+use crate::config::{Check, Config, HealthConfig, LoadPollConfig};
 use crate::probe::{self, ProbeError};
+use crate::selection::Algorithm;
 
 /// Starts the health checks, and the load pollers when `config` asks for workload-sensitive
 /// balancing, for `backends`; they run on `tracker` until `stop` is cancelled.

@@ -2,9 +2,30 @@
 //! returns the index of the one to use. The only state a selector keeps is one atomic counter,
 //! so picking never takes a lock.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::Algorithm;
+use serde::Deserialize;
+
+/// The selection policy a configuration names (`algorithm: ...` in `balancer.ron`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Algorithm {
+    /// Each backend in turn.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm): weight 3 and 5 take 3 and 5 of every
+    /// 8 connections, interleaved.
+    WeightedRoundRobin,
+    /// The fewest active connections per unit of weight; ties rotate.
+    LeastConnections,
+    /// The lowest load score from each backend's polled CPU reading (see the README).
+    WorkloadSensitive,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
 
 /// What a selector may know about one backend at the moment of a pick.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,0 +1,167 @@
+//! Configuration errors, and where in the text each one is: path:line:column.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The text is not a valid configuration at `line:col`.
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    /// The text parsed but describes an unusable balancer.
+    Invalid {
+        path: PathBuf,
+        /// Where the offending value starts, when it can be located.
+        position: Option<(usize, usize)>,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "{}: cannot read configuration: {source}", path.display())
+            }
+            ConfigError::Syntax {
+                path,
+                line,
+                col,
+                message,
+            } => write!(f, "{}:{line}:{col}: {message}", path.display()),
+            ConfigError::Invalid {
+                path,
+                position: Some((line, col)),
+                message,
+            } => write!(f, "{}:{line}:{col}: {message}", path.display()),
+            ConfigError::Invalid {
+                path,
+                position: None,
+                message,
+            } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Rewrites ron's messages where they speak of Rust types rather than the file.
+pub(super) fn describe_ron_error(code: &ron::Error) -> String {
+    match code {
+        ron::Error::NoSuchEnumVariant {
+            expected,
+            found,
+            outer,
+        } => {
+            let what = match outer.as_deref() {
+                Some("Algorithm") => "algorithm",
+                Some("Check") => "health check",
+                Some("AccessLog") => "access_log level",
+                Some("Splice") => "splice mode",
+                _ => "variant",
+            };
+            format!(
+                "unknown {what} `{found}`: expected one of {}",
+                expected.join(", ")
+            )
+        }
+        ron::Error::MissingStructField { field, outer } => {
+            let place = match outer.as_deref() {
+                Some("RawBackend") => " in a backend entry",
+                Some("RawConfig") => "",
+                _ => " in this section",
+            };
+            format!("missing field `{field}`{place}")
+        }
+        ron::Error::NoSuchStructField {
+            expected, found, ..
+        } => format!(
+            "unknown field `{found}`: expected one of {}",
+            expected.join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Finds the `nth` (0-based) place where `key:` is written, followed by `value` when given,
+/// as a 1-based (line, column) of that value (inside it, if quoted), or of the key when no
+/// value is given. Comments and string contents are skipped, so a mention there is not
+/// taken for it.
+pub(super) fn locate_key(
+    text: &str,
+    key: &str,
+    value: Option<&str>,
+    nth: usize,
+) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |end| i + 2 + end + 2);
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b if is_ident(b) => {
+                let start = i;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+                let rest = text[i..].trim_start();
+                let wanted = rest
+                    .strip_prefix(':')
+                    .is_some_and(|after| value.is_none_or(|v| after.trim_start().starts_with(v)));
+                if &text[start..i] == key && wanted {
+                    if seen < nth {
+                        seen += 1;
+                        continue;
+                    }
+                    // Inside a quoted value, like ron's own positions.
+                    let at = match value {
+                        Some(v) => {
+                            text.len() - rest[1..].trim_start().len()
+                                + usize::from(v.starts_with('"'))
+                        }
+                        None => start,
+                    };
+                    let before = &text[..at];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+                    return Some((line, col));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
