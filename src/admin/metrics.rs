@@ -1,0 +1,166 @@
+//! Prometheus metrics in the text exposition format 0.0.4.
+
+use crate::backend::Backend;
+use crate::balancer::{Balancer, Snapshot};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+/// The Prometheus text exposition format 0.0.4.
+pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let totals = &balancer.totals;
+    family(
+        &mut out,
+        "ballast_build_info",
+        "gauge",
+        "Build information; the value is always 1.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_build_info{{version=\"{}\"}} 1",
+        escape_label(env!("CARGO_PKG_VERSION"))
+    );
+    family(
+        &mut out,
+        "ballast_uptime_seconds",
+        "gauge",
+        "Seconds since the balancer started.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_uptime_seconds {}",
+        balancer.started.elapsed().as_secs_f64()
+    );
+    family(
+        &mut out,
+        "ballast_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_connections_accepted_total {}",
+        totals.accepted.load(Ordering::Relaxed)
+    );
+    family(
+        &mut out,
+        "ballast_connections_no_backend_total",
+        "counter",
+        "Client connections closed because no backend could take them.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_connections_no_backend_total {}",
+        totals.no_backend.load(Ordering::Relaxed)
+    );
+
+    type Value = fn(&Backend, &Snapshot) -> Option<String>;
+    let per_backend: [(&str, &str, &str, Value); 9] = [
+        (
+            "ballast_backend_connections_active",
+            "gauge",
+            "Connections open to the backend now.",
+            |b, _| Some(b.stats().active.load(Ordering::Relaxed).to_string()),
+        ),
+        (
+            "ballast_backend_connections_total",
+            "counter",
+            "Client connections relayed to the backend.",
+            |b, _| Some(b.stats().total.load(Ordering::Relaxed).to_string()),
+        ),
+        (
+            "ballast_backend_sent_bytes_total",
+            "counter",
+            "Bytes sent to the backend, counted as they move.",
+            |b, _| {
+                Some(
+                    b.stats()
+                        .bytes_to_backend
+                        .load(Ordering::Relaxed)
+                        .to_string(),
+                )
+            },
+        ),
+        (
+            "ballast_backend_received_bytes_total",
+            "counter",
+            "Bytes received from the backend, counted as they move.",
+            |b, _| {
+                Some(
+                    b.stats()
+                        .bytes_to_client
+                        .load(Ordering::Relaxed)
+                        .to_string(),
+                )
+            },
+        ),
+        (
+            "ballast_backend_connect_failures_total",
+            "counter",
+            "Failed connection attempts to the backend.",
+            |b, _| {
+                Some(
+                    b.stats()
+                        .connect_failures
+                        .load(Ordering::Relaxed)
+                        .to_string(),
+                )
+            },
+        ),
+        (
+            "ballast_backend_up",
+            "gauge",
+            "Whether the health checks consider the backend up (1) or down (0).",
+            |b, _| Some(u8::from(b.is_up()).to_string()),
+        ),
+        (
+            "ballast_backend_load_ratio",
+            "gauge",
+            "Last fresh /load reading as a ratio (0 to 1); absent when unknown or stale.",
+            |b, _| b.load().map(|l| (f64::from(l) / 100.0).to_string()),
+        ),
+        (
+            "ballast_backend_weight",
+            "gauge",
+            "Weight in effect, including runtime changes (0 = drained).",
+            |b, _| Some(b.weight.to_string()),
+        ),
+        (
+            "ballast_backend_configured_weight",
+            "gauge",
+            "Weight in the configuration file.",
+            |b, s| Some(configured_weight(b, s).to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in per_backend {
+        family(&mut out, name, kind, help);
+        for b in &snapshot.backends {
+            if let Some(v) = value(b, snapshot) {
+                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", escape_label(&b.name));
+            }
+        }
+    }
+    out
+}
+
+/// The `# HELP` and `# TYPE` lines of one metric family.
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value as the text format requires: backslash, double quote, line feed.
+pub(super) fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
