@@ -95,7 +95,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// The answer to one request, as a responder builds it for [`serve_requests`].
+/// The answer to one request, as a responder builds it for [`serve_requests`](super::serve_requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
