@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, ConnectionGuard};
 use crate::config::Config;
+use crate::relay;
 use crate::selection::{Candidate, Candidates, Selector};
 use arc_swap::ArcSwap;
 use log::info;
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub config: Config,
     pub backends: Vec<Arc<Backend>>,
     pub selector: Selector,
+    /// The relay's limits, built once here rather than for every connection.
+    pub relay_limits: relay::Limits,
 }
 
 impl Snapshot {
@@ -53,10 +56,17 @@ impl Snapshot {
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let selector = Selector::new(config.algorithm, &weights);
+        let relay_limits = relay::Limits {
+            idle: config.timeouts.idle,
+            half_close: config.timeouts.half_close,
+            splice: config.relay.splice,
+            pipe_size: config.relay.pipe_size,
+        };
         Snapshot {
             config,
             backends,
             selector,
+            relay_limits,
         }
     }
 

@@ -84,10 +84,9 @@ impl Direction {
         cx: &mut Context<'_>,
         ends: (&TcpStream, &TcpStream),
         moved: &Tally<'_>,
-        other_finished: bool,
         pipe_size: usize,
     ) -> Poll<Result<(), End>> {
-        let result = self.poll_inner(cx, ends, moved, other_finished, pipe_size);
+        let result = self.poll_inner(cx, ends, moved, pipe_size);
         if result.is_ready() {
             self.finished = true;
             self.release();
@@ -100,7 +99,6 @@ impl Direction {
         cx: &mut Context<'_>,
         (from, to): (&TcpStream, &TcpStream),
         moved: &Tally<'_>,
-        other_finished: bool,
         pipe_size: usize,
     ) -> Poll<Result<(), End>> {
         loop {
@@ -165,13 +163,9 @@ impl Direction {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => {
+                    // The relay passes the EOF on (see `relay`).
                     self.release();
-                    // With the other direction already done, the relay ends now and closing
-                    // the sockets sends the FIN: no separate shutdown needed.
-                    if other_finished {
-                        return Poll::Ready(Ok(()));
-                    }
-                    return Poll::Ready(shutdown_write(to).map_err(|e| self.write_error(e)));
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(_)) => self.progressed = true,
                 // `EAGAIN` cleared the readiness; polling it again registers our waker.
@@ -313,13 +307,4 @@ enum Filled {
 fn read_once(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     (&*socket2::SockRef::from(socket)).read(buf)
-}
-
-/// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
-/// delivered, so that is not an error.
-fn shutdown_write(to: &TcpStream) -> io::Result<()> {
-    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        other => other,
-    }
 }

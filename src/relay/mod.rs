@@ -150,6 +150,7 @@ pub async fn relay(
         down_bytes: Tally::new(totals.to_client),
         clock: Activity::new(),
         registered: false,
+        fin_owed: None,
     };
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
@@ -185,7 +186,15 @@ pub async fn relay(
                         first: side.other(),
                     };
                 }
-                None => first_closed = Some((side, Instant::now())),
+                None => {
+                    first_closed = Some((side, Instant::now()));
+                    // The EOF is owed to the other side. Passed on after one turn of the
+                    // event loop, it is often not needed: a peer that closes once it has
+                    // its answer (HTTP with `Connection: close`) closes meanwhile, and then
+                    // closing both sockets passes it on, one `shutdown` fewer per connection.
+                    flows.fin_owed = Some(side.other());
+                    tokio::task::yield_now().await;
+                }
             },
             Event::Timer => {
                 let now = Instant::now();
@@ -235,6 +244,8 @@ struct Flows<'a> {
     clock: Activity,
     /// Whether the stop waiter holds this task's waker yet.
     registered: bool,
+    /// The side whose socket is still to be shut down for writing: the other side sent EOF.
+    fin_owed: Option<Side>,
 }
 
 impl Flows<'_> {
@@ -249,29 +260,32 @@ impl Flows<'_> {
         let (up, down) = (&mut self.upstream, &mut self.downstream);
         let mut event = None;
         if !up.finished
-            && let Poll::Ready(result) = up.poll(
-                cx,
-                (client, backend),
-                &self.up_bytes,
-                down.finished,
-                pipe_size,
-            )
+            && let Poll::Ready(result) = up.poll(cx, (client, backend), &self.up_bytes, pipe_size)
         {
             event = Some(Event::Finished(Side::Client, result));
         } else if !down.finished
-            && let Poll::Ready(result) = down.poll(
-                cx,
-                (backend, client),
-                &self.down_bytes,
-                up.finished,
-                pipe_size,
-            )
+            && let Poll::Ready(result) =
+                down.poll(cx, (backend, client), &self.down_bytes, pipe_size)
         {
             event = Some(Event::Finished(Side::Backend, result));
         }
         // One clock reading per wake-up, however many reads and writes it made.
         if up.take_progress() | down.take_progress() {
             self.clock.touch();
+        }
+        if event.is_none()
+            && let Some(to) = self.fin_owed.take()
+        {
+            let socket = match to {
+                Side::Client => client,
+                Side::Backend => backend,
+            };
+            if let Err(error) = shutdown_write(socket) {
+                event = Some(Event::Finished(
+                    to.other(),
+                    Err(End::Error { side: to, error }),
+                ));
+            }
         }
         event
     }
@@ -374,4 +388,13 @@ pub const UNSENT_LIMIT: u32 = 128 * 1024;
 /// `TCP_NOTSENT_LOWAT` relays as before.
 pub fn limit_unsent(socket: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(UNSENT_LIMIT);
+}
+
+/// Shuts down the write side of `to`. The peer may already be gone; what we owed it was
+/// delivered, so that is not an error.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
 }

@@ -53,13 +53,7 @@ pub(super) async fn serve_connection(
     };
     let backend = Arc::clone(guard.backend());
     backend.stats().total.fetch_add(1, Ordering::Relaxed);
-    let timeouts = &snapshot.config.timeouts;
-    let limits = relay::Limits {
-        idle: timeouts.idle,
-        half_close: timeouts.half_close,
-        splice: snapshot.config.relay.splice,
-        pipe_size: snapshot.config.relay.pipe_size,
-    };
+    let limits = snapshot.relay_limits;
     drop(snapshot);
     let stats = backend.stats();
     let totals = relay::Totals {
