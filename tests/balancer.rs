@@ -1,5 +1,6 @@
-//! The balancer process end to end: selection over real connections, failover, the relay's
-//! half-close and integrity guarantees, concurrency.
+//! The balancer end to end: selection over real connections, failover, the relay's
+//! half-close and integrity guarantees, concurrency. Tests that need no log line run ballast
+//! in-process ([`InProcess`]); the others run the `ballast` binary.
 
 mod common;
 
@@ -7,10 +8,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `count` sequential connections through the balancer; the greeting of each.
-async fn sequential_names(b: &Balancer, count: usize) -> Vec<String> {
+async fn sequential_names(addr: std::net::SocketAddr, count: usize) -> Vec<String> {
     let mut names = Vec::with_capacity(count);
     for _ in 0..count {
-        names.push(read_all(b.addr).await);
+        names.push(read_all(addr).await);
     }
     names
 }
@@ -22,8 +23,8 @@ async fn round_robin_rotates_strictly() {
         ("b", named_backend("b").await, 1),
         ("c", named_backend("c").await, 1),
     ];
-    let b = Balancer::start(&config("RoundRobin", &backends));
-    let names = sequential_names(&b, 30).await;
+    let b = InProcess::start(&config("RoundRobin", &backends)).await;
+    let names = sequential_names(b.addr, 30).await;
     let expected: Vec<&str> = ["a", "b", "c"].iter().cycle().take(30).copied().collect();
     assert_eq!(names, expected);
 }
@@ -34,8 +35,8 @@ async fn weighted_three_to_five_interleaves_in_every_cycle() {
         ("vm4", named_backend("vm4").await, 3),
         ("vm5", named_backend("vm5").await, 5),
     ];
-    let b = Balancer::start(&config("WeightedRoundRobin", &backends));
-    let names = sequential_names(&b, 80).await;
+    let b = InProcess::start(&config("WeightedRoundRobin", &backends)).await;
+    let names = sequential_names(b.addr, 80).await;
     for cycle in names.chunks(8) {
         assert_eq!(
             cycle,
@@ -51,8 +52,8 @@ async fn drained_backend_gets_no_connections() {
         ("drained", named_backend("drained").await, 0),
         ("c", named_backend("c").await, 1),
     ];
-    let b = Balancer::start(&config("RoundRobin", &backends));
-    let names = sequential_names(&b, 10).await;
+    let b = InProcess::start(&config("RoundRobin", &backends)).await;
+    let names = sequential_names(b.addr, 10).await;
     let expected: Vec<&str> = ["a", "c"].iter().cycle().take(10).copied().collect();
     assert_eq!(names, expected);
 }
@@ -103,7 +104,7 @@ async fn fails_over_past_a_refusing_backend() {
         ("live2", named_backend("live2").await, 1),
     ];
     let b = Balancer::start(&config("RoundRobin", &backends));
-    let names = sequential_names(&b, 12).await;
+    let names = sequential_names(b.addr, 12).await;
     let counts = tally(&names);
     assert_eq!(
         counts.get("live1").copied().unwrap_or(0) + counts.get("live2").copied().unwrap_or(0),
@@ -131,7 +132,7 @@ async fn fails_over_past_a_backend_killed_mid_run() {
         ("vm2", demo[1].addr, 1),
         ("vm3", demo[2].addr, 1),
     ];
-    let b = Balancer::start(&config("RoundRobin", &backends));
+    let b = InProcess::start(&config("RoundRobin", &backends)).await;
     let from = |page: &str| {
         page.split("This is from ")
             .nth(1)
@@ -182,7 +183,7 @@ async fn client_half_close_still_gets_the_reply() {
         s.write_all(reply.as_bytes()).await.expect("write");
         s.shutdown().await.expect("shutdown");
     });
-    let b = Balancer::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES));
+    let b = InProcess::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES)).await;
     let mut s = connect(b.addr).await;
     within(s.write_all(&[7u8; 1000])).await.expect("write");
     within(s.shutdown()).await.expect("half-close");
@@ -205,7 +206,7 @@ async fn backend_half_close_still_receives_the_client() {
         s.read_to_end(&mut rest).await.expect("read");
         let _ = tx.send(rest);
     });
-    let b = Balancer::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES));
+    let b = InProcess::start(&config_with("RoundRobin", &[("a", addr, 1)], NO_PROBES)).await;
     let mut s = connect(b.addr).await;
     let mut greeting = Vec::new();
     within(s.read_to_end(&mut greeting)).await.expect("read");
@@ -219,7 +220,7 @@ async fn backend_half_close_still_receives_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_mib_arrive_byte_exact() {
-    let b = Balancer::start(&config("RoundRobin", &[("echo", echo_backend().await, 1)]));
+    let b = InProcess::start(&config("RoundRobin", &[("echo", echo_backend().await, 1)])).await;
     let data = pattern(16 * 1024 * 1024, 42);
     let back = echo_through(b.addr, data.clone()).await;
     assert_eq!(back.len(), data.len());
@@ -232,7 +233,7 @@ async fn five_hundred_concurrent_connections_each_byte_exact() {
         ("e1", echo_backend().await, 1),
         ("e2", echo_backend().await, 1),
     ];
-    let b = Balancer::start(&config("LeastConnections", &backends));
+    let b = InProcess::start(&config("LeastConnections", &backends)).await;
     let addr = b.addr;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..500u64 {
@@ -256,10 +257,11 @@ async fn demo_backend_rotation_through_the_balancer() {
         DemoBackend::start("VM4", &[]),
         DemoBackend::start("VM5", &[]),
     ];
-    let b = Balancer::start(&config(
+    let b = InProcess::start(&config(
         "WeightedRoundRobin",
         &[("vm4", demo[0].addr, 3), ("vm5", demo[1].addr, 5)],
-    ));
+    ))
+    .await;
     let mut seen = Vec::new();
     for _ in 0..8 {
         let page = http_get(b.addr, "/").await;

@@ -8,26 +8,35 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn balancer_with(relay: &str) -> Balancer {
-    Balancer::start(&config_with(
+    Balancer::start(&relay_config(relay, echo_backend().await))
+}
+
+fn relay_config(relay: &str, echo: std::net::SocketAddr) -> String {
+    config_with(
         "RoundRobin",
-        &[("echo", echo_backend().await, 1)],
+        &[("echo", echo, 1)],
         &format!("relay: ({relay}),"),
-    ))
+    )
+}
+
+/// The same, in-process: for settings that leave `max_pipes` (process-wide) at its default.
+async fn in_process_with(relay: &str) -> InProcess {
+    InProcess::start(&relay_config(relay, echo_backend().await)).await
 }
 
 /// Small, medium and large transfers through one balancer, each checked byte for byte.
-async fn exact_echoes(b: &Balancer) {
+async fn exact_echoes(addr: std::net::SocketAddr) {
     for (len, seed) in [(1, 1), (100, 2), (70_000, 3), (5 * 1024 * 1024, 4)] {
         let data = pattern(len, seed);
-        let back = echo_through(b.addr, data.clone()).await;
+        let back = echo_through(addr, data.clone()).await;
         assert_eq!(back.len(), len);
         assert!(back == data, "{len} bytes came back altered");
     }
 }
 
 /// Many short request/response rounds on one connection: small writes through the relay.
-async fn ping_pong(b: &Balancer) {
-    let mut s = connect(b.addr).await;
+async fn ping_pong(addr: std::net::SocketAddr) {
+    let mut s = connect(addr).await;
     for round in 0..200u32 {
         let msg = round.to_be_bytes();
         within(s.write_all(&msg)).await.expect("write");
@@ -39,30 +48,30 @@ async fn ping_pong(b: &Balancer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splice_always_small_and_large() {
-    let b = balancer_with("splice: Always").await;
-    exact_echoes(&b).await;
-    ping_pong(&b).await;
+    let b = in_process_with("splice: Always").await;
+    exact_echoes(b.addr).await;
+    ping_pong(b.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splice_auto_small_and_large() {
-    let b = balancer_with("splice: Auto").await;
-    exact_echoes(&b).await;
-    ping_pong(&b).await;
+    let b = in_process_with("splice: Auto").await;
+    exact_echoes(b.addr).await;
+    ping_pong(b.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_only_small_and_large() {
-    let b = balancer_with("splice: Off").await;
-    exact_echoes(&b).await;
-    ping_pong(&b).await;
+    let b = in_process_with("splice: Off").await;
+    exact_echoes(b.addr).await;
+    ping_pong(b.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_pipes_left_falls_back_to_copying() {
     let b = balancer_with("splice: Always, max_pipes: 0").await;
-    exact_echoes(&b).await;
-    ping_pong(&b).await;
+    exact_echoes(b.addr).await;
+    ping_pong(b.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,6 +250,31 @@ impl Balancer {
     }
 }
 
+/// ballast served inside the test process through `server::run` (no process spawned), for
+/// tests of the accept, pick and relay path that need no signal, exit code or log line.
+/// Stops when dropped.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl InProcess {
+    /// Starts ballast on `config_text`, listening on an ephemeral loopback port. The port is
+    /// bound before this returns, so clients may connect at once.
+    pub async fn start(config_text: &str) -> InProcess {
+        let config = ballast::config::Config::parse(config_text, std::path::Path::new("test.ron"))
+            .unwrap_or_else(|e| panic!("bad test configuration: {e}"));
+        let listener =
+            ballast::listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ballast::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        InProcess { addr, _stop: stop }
+    }
+}
+
 /// A running `ballast-backend` process.
 pub struct DemoBackend {
     pub proc: Proc,
