@@ -34,6 +34,8 @@
 //! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
 //! - [`cli`]: command-line parsing for the `ballast` binary.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod backend;
 pub mod balancer;
