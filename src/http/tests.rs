@@ -419,6 +419,19 @@ async fn request_targets_are_visible_ascii() {
     ] {
         assert_eq!(status_of(input).await, Some(400), "{input:?}");
     }
+    // Judged as soon as its line ends: before the version, and before the head overflows.
+    assert_eq!(
+        status_of(b"GET /caf\xc3\xa9 HTTP/2.0\r\n\r\n").await,
+        Some(400)
+    );
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..Limits::default()
+    };
+    let mut input = b"GET /caf\xc3\xa9 HTTP/1.1\r\nX: ".to_vec();
+    input.resize(200, b'a');
+    let err = parse_with(&input, &limits).await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err:?}");
     let r = parse_ok(b"OPTIONS * HTTP/1.1\r\n\r\n").await;
     assert_eq!(r.target, "*");
 }
