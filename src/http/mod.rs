@@ -1,8 +1,10 @@
-//! Minimal HTTP/1.1 server-side plumbing, hand-written on tokio (no framework).
+//! Minimal HTTP/1.1 server-side plumbing on tokio, with no framework: the `httparse` crate
+//! parses each request head, and the rest (reading, framing, limits, keep-alive, responses) is
+//! written here.
 //!
 //! Only what a tiny origin server needs: read one request head at a time (bounded in size and
 //! time), discard a `Content-Length` body, and write a complete response in one buffer. It is
-//! shared by the demo backend and is meant to be reused by small admin endpoints.
+//! shared by the demo backend and the admin listener.
 //!
 //! Deliberate limits, each mapped to a status by [`HttpError::status`]:
 //!

@@ -1,5 +1,11 @@
-//! Reading one request: the head (bounded in size and time), its framing, and discarding
-//! what a closing connection still receives.
+//! Reading one request: the head (bounded in size and time, parsed by `httparse` as its lines
+//! arrive), its framing, and discarding what a closing connection still receives.
+//!
+//! httparse checks the syntax: methods and header names are tokens, targets and values carry
+//! no control characters, bare-LF line endings and blank lines before the request line are
+//! fine, obsolete line folding is not. ballast adds what httparse leaves to its caller: the
+//! size and time bounds, ASCII-only targets, 505 rather than 400 for a well-formed version
+//! other than 1.0 and 1.1, and the body's framing.
 
 use std::fmt;
 use std::io;
@@ -181,31 +187,8 @@ async fn read_request_untimed(
     reader: &mut (impl AsyncBufRead + Unpin),
     limits: &Limits,
 ) -> Result<Option<Request>, HttpError> {
-    let mut budget = limits.max_head_bytes;
-    let mut line = Vec::new();
-
-    let (method, target, version) = loop {
-        match read_line(reader, &mut budget, &mut line).await? {
-            None => return Ok(None),
-            Some([]) => continue,
-            Some(l) => break parse_request_line(l)?,
-        }
-    };
-
-    let mut headers = Vec::new();
-    loop {
-        match read_line(reader, &mut budget, &mut line).await? {
-            None => return Err(HttpError::UnexpectedEof),
-            Some([]) => break,
-            Some(l) => headers.push(parse_header(l)?),
-        }
-    }
-
-    let request = Request {
-        method,
-        target,
-        version,
-        headers,
+    let Some(request) = read_head(reader, limits.max_head_bytes).await? else {
+        return Ok(None);
     };
     let body_len = body_length(&request, limits)?;
     if body_len > 0 {
@@ -218,109 +201,149 @@ async fn read_request_untimed(
     Ok(Some(request))
 }
 
-/// Reads one line (LF or CRLF terminated) into `buf`, charging its bytes to `budget`.
-/// `Ok(None)` is a clean EOF before the first byte of the line.
-async fn read_line<'b>(
+/// Reads one request head into a buffer of at most `max` bytes and parses it with httparse.
+/// Only the head's own bytes are taken from `reader`: whatever follows (a body, the next
+/// pipelined request) stays in its buffer. `Ok(None)` is a clean EOF with nothing but blank
+/// lines read.
+///
+/// A line is judged once it ends, as the head is: httparse runs on the bytes up to the last
+/// line feed, and only when a read brings a new one. So a peer that stops, or runs out of
+/// room, halfway through a line gets the same answer whatever that line holds (`UnexpectedEof`,
+/// or 431), and a head dripped in tiny reads is not parsed again for every byte.
+async fn read_head(
     reader: &mut (impl AsyncBufRead + Unpin),
-    budget: &mut usize,
-    buf: &'b mut Vec<u8>,
-) -> Result<Option<&'b [u8]>, HttpError> {
-    buf.clear();
-    let allowed = u64::try_from(*budget).unwrap_or(u64::MAX);
-    let n = (&mut *reader).take(allowed).read_until(b'\n', buf).await?;
-    *budget = budget.saturating_sub(n);
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
+    max: usize,
+) -> Result<Option<Request>, HttpError> {
+    let mut head = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            // Only blank lines so far (which httparse has let through) is a clean close.
+            let blank =
+                head.last() != Some(&b'\r') && head.iter().all(|&b| b == b'\r' || b == b'\n');
+            return if blank {
+                Ok(None)
+            } else {
+                Err(HttpError::UnexpectedEof)
+            };
         }
-        if buf.contains(&b'\r') {
-            return Err(HttpError::BadRequest("bare CR in request head"));
+        let old = head.len();
+        let taken = available.len().min(max - old);
+        head.extend_from_slice(&available[..taken]);
+        let parsed = match head[old..].iter().rposition(|&b| b == b'\n') {
+            Some(last) => parse_head(&head[..=old + last])?,
+            None => None,
+        };
+        if let Some((len, request)) = parsed {
+            // The head ends in these new bytes: had it ended earlier, an earlier parse of a
+            // prefix would have found it.
+            reader.consume(len - old);
+            return Ok(Some(request));
         }
-        return Ok(Some(buf.as_slice()));
-    }
-    if *budget == 0 {
-        Err(HttpError::HeadTooLarge)
-    } else if n == 0 {
-        Ok(None)
-    } else {
-        Err(HttpError::UnexpectedEof)
+        reader.consume(taken);
+        if head.len() == max {
+            return Err(HttpError::HeadTooLarge);
+        }
     }
 }
 
-/// `tchar` from RFC 9110 §5.6.2: the characters allowed in methods and header names.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// httparse's defaults are the strict request parsing we want, spelled out so that no change
+/// of default can loosen them: single spaces in the request line, no whitespace before a
+/// header's colon or before the first header line, and a bad header line rejected rather
+/// than skipped. Obsolete line folding, a classic request-smuggling vector that RFC 9112 §5.2
+/// lets a server reject with 400, httparse never accepts in a request.
+fn parser() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_multiple_spaces_in_request_line_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_requests(false);
+    config
 }
 
-fn parse_request_line(line: &[u8]) -> Result<(String, String, Version), HttpError> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::BadRequest(
-            "request line is not METHOD SP TARGET SP VERSION",
-        ));
-    };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(HttpError::BadRequest("invalid method"));
-    }
-    if target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
+/// The request whose head is at the start of `buf`, with the head's length; `None` while it
+/// is incomplete. httparse skips blank lines before the request line (RFC 9112 §2.2), accepts
+/// bare LF line endings, checks methods and header names against `tchar`, rejects control
+/// characters in targets and values, and trims a value's surrounding whitespace.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request)>, HttpError> {
+    // Every header line ends with a line feed and takes at least three bytes (`a:\n`), so no
+    // header count can fail a parse, and the head's size bounds the array.
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    let mut headers = vec![httparse::EMPTY_HEADER; lines.min(buf.len() / 3)];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let result = parser().parse_request(&mut parsed, buf);
+    // httparse lets UTF-8 through in the target, but RFC 9112's request-target is ASCII. The
+    // target is judged as soon as httparse has it, before the version and the headers.
+    if parsed
+        .path
+        .is_some_and(|target| !target.bytes().all(|b| b.is_ascii_graphic()))
+    {
         return Err(HttpError::BadRequest("invalid request target"));
     }
-    let version = match version {
-        b"HTTP/1.1" => Version::Http11,
-        b"HTTP/1.0" => Version::Http10,
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+    let len = match result {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(e) => return Err(HttpError::BadRequest(describe(e))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(HttpError::BadRequest("incomplete request line"));
+    };
+    let version = match minor {
+        0 => Version::Http10,
+        1 => Version::Http11,
+        _ => return Err(HttpError::VersionNotSupported),
+    };
+    let headers = parsed
+        .headers
+        .iter()
+        // obs-text (bytes ≥ 0x80) is legal in values; lossy decoding keeps them harmless.
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let request = Request {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        version,
+        headers,
+    };
+    Ok(Some((len, request)))
+}
+
+/// httparse knows only HTTP/1.0 and HTTP/1.1. A version it refuses is still a well-formed one
+/// we do not support (505) if it reads `HTTP/x.y`; anything else is malformed (400). httparse
+/// has accepted the method and the target by then, and the request line has ended in `buf`.
+fn version_error(buf: &[u8]) -> HttpError {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    let line = buf[start.unwrap_or(buf.len())..]
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line.splitn(3, |&b| b == b' ').nth(2) {
+        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor])
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            return Err(HttpError::VersionNotSupported);
+            HttpError::VersionNotSupported
         }
-        _ => return Err(HttpError::BadRequest("invalid HTTP version")),
-    };
-    // Both checks above restrict the bytes to ASCII, so the conversions are lossless.
-    Ok((
-        String::from_utf8_lossy(method).into_owned(),
-        String::from_utf8_lossy(target).into_owned(),
-        version,
-    ))
+        _ => HttpError::BadRequest("invalid HTTP version"),
+    }
 }
 
-fn parse_header(line: &[u8]) -> Result<(String, String), HttpError> {
-    // Obsolete line folding is a classic request-smuggling vector; RFC 9112 §5.2 lets a server
-    // reject it with 400.
-    if line.starts_with(b" ") || line.starts_with(b"\t") {
-        return Err(HttpError::BadRequest("obsolete header line folding"));
+fn describe(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::Token => "invalid method or request target",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::HeaderName => "invalid header line",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::Version => "invalid HTTP version",
+        httparse::Error::Status | httparse::Error::TooManyHeaders => "malformed request head",
     }
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
-        return Err(HttpError::BadRequest("header line without colon"));
-    };
-    let (name, value) = (&line[..colon], &line[colon + 1..]);
-    // Rejecting non-tchar also rejects whitespace before the colon, which RFC 9112 §5.1
-    // requires.
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(HttpError::BadRequest("invalid header name"));
-    }
-    let value = trim_ows(value);
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(HttpError::BadRequest("control character in header value"));
-    }
-    // obs-text (bytes ≥ 0x80) is legal in values; lossy decoding keeps them harmless.
-    Ok((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ))
-}
-
-/// Strips optional whitespace (SP / HTAB only, RFC 9110 §5.6.3) from both ends.
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 fn body_length(request: &Request, limits: &Limits) -> Result<u64, HttpError> {

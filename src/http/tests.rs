@@ -248,6 +248,278 @@ async fn binary_garbage_is_rejected() {
     assert!(r.is_ok(), "obs-text is legal in values: {r:?}");
 }
 
+/// Hands out its input at most `chunk` bytes per read, as a slow or fragmenting peer would.
+struct Drip<'a> {
+    input: &'a [u8],
+    chunk: usize,
+}
+
+impl tokio::io::AsyncRead for Drip<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let n = self.chunk.min(self.input.len()).min(buf.remaining());
+        let (now, later) = self.input.split_at(n);
+        buf.put_slice(now);
+        self.input = later;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Every request read from `input` delivered `chunk` bytes at a time, up to the clean end or
+/// the first error, as Debug text (errors carry no I/O error here, so the text compares).
+async fn outcomes(input: &[u8], chunk: usize, limits: &Limits) -> Vec<String> {
+    let mut reader = BufReader::new(Drip { input, chunk });
+    let mut seen = Vec::new();
+    loop {
+        let result = read_request(&mut reader, limits).await;
+        let last = !matches!(result, Ok(Some(_)));
+        seen.push(format!("{result:?}"));
+        if last {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_head_split_across_many_small_reads_reads_as_one() {
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..Limits::default()
+    };
+    let inputs: &[&[u8]] = &[
+        b"\r\n\nGET /a?b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.0\nX: y\n\n",
+        b"GET / HTTP/1.1\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET / HTTP/1.2\nHost: x\n\n",
+        b"GET / HTTP/1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: b\r\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab",
+        b"\r\n\r\n\r",
+    ];
+    for input in inputs {
+        let whole = outcomes(input, usize::MAX, &limits).await;
+        for chunk in [1, 2, 3, 5, 8, 13] {
+            assert_eq!(
+                outcomes(input, chunk, &limits).await,
+                whole,
+                "{} in {chunk}-byte reads",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+    // What the pieces add up to, for a few of them.
+    let whole = outcomes(inputs[0], 1, &limits).await;
+    assert_eq!(whole.len(), 3, "{whole:?}");
+    assert!(
+        whole[0].contains("\"/a?b\"") && whole[1].contains("\"/b\""),
+        "{whole:?}"
+    );
+    assert_eq!(whole[2], "Ok(None)");
+    // The version is judged on the whole request line, though `HTTP/2` already differs.
+    let mut reader = BufReader::new(Drip {
+        input: b"GET / HTTP/2.0\r\n\r\n",
+        chunk: 1,
+    });
+    let err = read_request(&mut reader, &limits).await.unwrap_err();
+    assert_eq!(err.status(), Some(505), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_head_exactly_at_the_limit_leaves_the_body_and_the_next_request() {
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..Limits::default()
+    };
+    // 17 + 19 + (5 + pad) + 2 bytes of head.
+    let head = |pad: usize| {
+        let mut head = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n".to_vec();
+        head.extend_from_slice(format!("X: {}\r\n\r\n", "a".repeat(pad)).as_bytes());
+        head
+    };
+    // 64 bytes of head, then a body and a pipelined request, all in one read or dripped.
+    let mut input = head(21);
+    assert_eq!(input.len(), 64);
+    input.extend_from_slice(b"xyzGET /next HTTP/1.1\r\n\r\n");
+    for chunk in [usize::MAX, 1, 7] {
+        let seen = outcomes(&input, chunk, &limits).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[0].contains("\"POST\""), "{seen:?}");
+        assert!(seen[1].contains("\"/next\""), "{seen:?}");
+    }
+
+    // Blank lines before the request line count: one more byte of them is one too many.
+    let exact = [b"\n".as_slice(), &head(20), b"xyz"].concat();
+    assert!(parse_with(&exact, &limits).await.unwrap().is_some());
+    let over = [b"\r\n".as_slice(), &head(20), b"xyz"].concat();
+    let err = parse_with(&over, &limits).await.unwrap_err();
+    assert!(matches!(err, HttpError::HeadTooLarge), "{err:?}");
+    // A head whose final LF would be the 65th byte.
+    let over = [head(22), b"xyz".to_vec()].concat();
+    let err = parse_with(&over, &limits).await.unwrap_err();
+    assert!(matches!(err, HttpError::HeadTooLarge), "{err:?}");
+}
+
+#[tokio::test]
+async fn obsolete_line_folding_is_400_wherever_it_is() {
+    for input in [
+        &b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nA: b\r\n\tfolded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA:\r\n folded\r\n\r\n",
+        // A first header line that starts with whitespace folds onto the request line.
+        b"GET / HTTP/1.1\r\n Host: x\r\n\r\n",
+        b"GET / HTTP/1.1\n\tHost: x\n\n",
+    ] {
+        assert_eq!(status_of(input).await, Some(400), "{input:?}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_content_lengths_must_agree() {
+    let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 003\r\n\r\nabcGET /b HTTP/1.1\r\n\r\n";
+    let seen = outcomes(input, usize::MAX, &Limits::default()).await;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[1].contains("\"/b\""),
+        "the body is discarded once: {seen:?}"
+    );
+    for input in [
+        &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3x\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3,3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
+    ] {
+        assert_eq!(status_of(input).await, Some(400), "{input:?}");
+    }
+    // Disagreement is judged before size; agreeing lengths over the limit are 413.
+    assert_eq!(
+        status_of(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 65537\r\n\r\n").await,
+        Some(400)
+    );
+    assert_eq!(
+        status_of(b"POST / HTTP/1.1\r\nContent-Length: 65537\r\nContent-Length: 65537\r\n\r\n")
+            .await,
+        Some(413)
+    );
+}
+
+#[tokio::test]
+async fn request_targets_are_visible_ascii() {
+    for input in [
+        &b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n"[..],
+        b"GET /\xff HTTP/1.1\r\n\r\n",
+        b"GET /\x7f HTTP/1.1\r\n\r\n",
+        b"GET /a\x00 HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(status_of(input).await, Some(400), "{input:?}");
+    }
+    // Judged as soon as its line ends: before the version, and before the head overflows.
+    assert_eq!(
+        status_of(b"GET /caf\xc3\xa9 HTTP/2.0\r\n\r\n").await,
+        Some(400)
+    );
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..Limits::default()
+    };
+    let mut input = b"GET /caf\xc3\xa9 HTTP/1.1\r\nX: ".to_vec();
+    input.resize(200, b'a');
+    let err = parse_with(&input, &limits).await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err:?}");
+    let r = parse_ok(b"OPTIONS * HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.target, "*");
+}
+
+#[tokio::test]
+async fn versions_are_http_digit_dot_digit() {
+    for (input, status) in [
+        (&b"GET / HTTP/1.2\r\n\r\n"[..], 505),
+        (b"GET / HTTP/3.0\n\n", 505),
+        (b"GET / HTTP/10.0\r\n\r\n", 400),
+        (b"GET / HTTP/2\r\n\r\n", 400),
+        (b"GET / HTTP/2.0 \r\n\r\n", 400),
+        (b"GET / HTTP/1.1 \r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\r\n\r\n", 400),
+        (b"GET / HTTPS/1.1\r\n\r\n", 400),
+        // The request line is judged before the headers that follow it.
+        (b"GET / HTTP/2.0\r\nBad Header\r\n\r\n", 505),
+        (b"G(T / HTTP/2.0\r\n\r\n", 400),
+    ] {
+        assert_eq!(status_of(input).await, Some(status), "{input:?}");
+    }
+}
+
+#[tokio::test]
+async fn many_small_headers_fit_if_the_head_does() {
+    let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+    for _ in 0..1500 {
+        input.extend_from_slice(b"a:b\n");
+    }
+    input.extend_from_slice(b"\n");
+    let r = parse_ok(&input).await;
+    assert_eq!(r.headers.len(), 1500);
+    assert!(r.headers.iter().all(|(n, v)| n == "a" && v == "b"));
+}
+
+/// A line is judged once it ends: a peer that stops (or runs out of room) halfway through a
+/// bad line gets what it would have got on a good one.
+#[tokio::test]
+async fn a_line_is_judged_when_it_ends() {
+    for input in [
+        &b"G(T / HTTP/1.1"[..],
+        b"GET / HTTP/1.1\r\nBad\x01",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let result = parse(input).await;
+        assert!(
+            matches!(result, Err(HttpError::UnexpectedEof)),
+            "{input:?} gave {result:?}"
+        );
+    }
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..Limits::default()
+    };
+    let mut input = b"GET / HTTP/1.1\r\nX: \x01".to_vec();
+    input.resize(200, b'a');
+    let err = parse_with(&input, &limits).await.unwrap_err();
+    assert!(matches!(err, HttpError::HeadTooLarge), "{err:?}");
+    let err = parse_with(&[0u8; 200], &limits).await.unwrap_err();
+    assert!(matches!(err, HttpError::HeadTooLarge), "{err:?}");
+    // The same bad line, ended, is a bad request.
+    assert_eq!(
+        status_of(b"GET / HTTP/1.1\r\nBad\x01\r\n\r\n").await,
+        Some(400)
+    );
+    assert_eq!(status_of(b"\0\0\0\n").await, Some(400));
+}
+
+#[tokio::test]
+async fn blank_lines_before_the_end_are_a_clean_close() {
+    for input in [&b"\n"[..], b"\r\n", b"\r\n\n\r\n"] {
+        assert!(parse(input).await.unwrap().is_none(), "{input:?}");
+    }
+    for input in [&b"\r"[..], b"\r\n\r", b"\n\r"] {
+        let result = parse(input).await;
+        assert!(
+            matches!(result, Err(HttpError::UnexpectedEof)),
+            "{input:?} gave {result:?}"
+        );
+    }
+    for input in [
+        &b"\r\r\nGET / HTTP/1.1\r\n\r\n"[..],
+        b" \r\nGET / HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(status_of(input).await, Some(400), "{input:?}");
+    }
+}
+
 /// Pseudo-random inputs and mutations of a valid request must never panic.
 #[tokio::test]
 async fn never_panics_on_random_input() {
