@@ -19,7 +19,7 @@ use std::time::Duration;
 use ballast::config::Config;
 use ballast::server;
 use common::pattern;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -103,14 +103,20 @@ async fn endpoint(
     if me.finish == Finish::Abort {
         return abort_after_writes(stream, &me).await;
     }
-    let (mut r, mut w) = stream.into_split();
+    let (r, mut w) = stream.into_split();
     let (eof_tx, eof_rx) = oneshot::channel::<()>();
     let reader = async {
         let mut got = Vec::with_capacity(expected.len());
         let mut buf = vec![0u8; me.read_size];
         let mut paused = Duration::ZERO;
         let ending = loop {
-            match r.read(&mut buf).await {
+            // Not `read`: tokio takes a short read for an empty socket, and a read stops at
+            // urgent data with more queued behind it. Only EAGAIN clears the readiness here.
+            if let Err(e) = r.readable().await {
+                break Ending::Other(e.kind());
+            }
+            match r.try_read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Ok(0) => break Ending::Eof,
                 Ok(n) => {
                     got.extend_from_slice(&buf[..n]);

@@ -403,3 +403,52 @@ async fn urgent_data_amid_a_message_does_not_stall_it() {
         assert_eq!(&echoed, b"aaaabbbb", "splice {splice}");
     }
 }
+
+/// A time limit that closes a connection while ballast holds bytes it has not delivered
+/// (the client stopped reading) passes the cut on as a reset: read to the end, the client
+/// must see a reset, not a clean EOF that would pass the truncated stream off as complete.
+/// Both limits: `idle`, and `half_close` after the client half-closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_that_strands_bytes_resets_the_client() {
+    let backend = spawn_backend(|mut s| async move {
+        let chunk = vec![0x42_u8; 64 * 1024];
+        for _ in 0..320 {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    for (half_close, ending) in [(false, "idle timeout"), (true, "half-close timeout")] {
+        for splice in ["Off", "Auto"] {
+            let b = Balancer::start(&config_with(
+                "RoundRobin",
+                &[("firehose", backend, 1)],
+                &format!(
+                    "relay: (splice: {splice}), timeouts: (idle: \"1s\", half_close: \"1s\"), {NO_PROBES}"
+                ),
+            ));
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+            let mut s = within(socket.connect(b.addr)).await.expect("connect");
+            if half_close {
+                within(s.shutdown()).await.expect("half-close");
+            }
+            // Read nothing until ballast has given up on the stalled stream.
+            b.log.wait_for(1, |l| l.contains(ending));
+            let mut sink = vec![0u8; 1 << 20];
+            let error = loop {
+                match within(s.read(&mut sink)).await {
+                    Ok(0) => panic!("splice {splice}, {ending}: a clean EOF hid the cut"),
+                    Ok(_) => {}
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "splice {splice}, {ending}"
+            );
+        }
+    }
+}

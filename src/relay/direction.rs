@@ -59,6 +59,11 @@ impl Direction {
         }
     }
 
+    /// Whether bytes read from the source wait in the buffer or the pipe for the destination.
+    pub(super) fn holds_bytes(&self) -> bool {
+        self.start < self.end || self.in_pipe > 0
+    }
+
     pub(super) fn take_progress(&mut self) -> bool {
         std::mem::take(&mut self.progressed)
     }

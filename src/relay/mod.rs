@@ -220,7 +220,15 @@ pub async fn relay(
             timer.as_mut().reset(deadline);
         }
     };
-    if let End::Error { .. } | End::Stopped = end {
+    let cut_short = match end {
+        End::Error { .. } | End::Stopped => true,
+        // A timeout that strands bytes ballast has taken in but not delivered.
+        End::Idle | End::HalfCloseTimeout { .. } => {
+            flows.upstream.holds_bytes() || flows.downstream.holds_bytes()
+        }
+        End::Closed { .. } => false,
+    };
+    if cut_short {
         // Pass a failure or a cut-off on as a reset rather than a clean close, so the other
         // side cannot mistake a truncated stream for a complete one.
         for socket in [&client, &backend] {

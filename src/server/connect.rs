@@ -76,7 +76,7 @@ pub(super) async fn connect_backend(
                 tried.push(index);
                 let backend = guard.backend();
                 error!(
-                    "{peer}: cannot open a connection to backend {} ({}): {e} (ballast's own shortage, not counted against the backend); trying another",
+                    "{peer}: cannot open a connection to backend {} ({}): {e} (ballast's own shortage, not counted against the backend)",
                     backend.name, backend.addr
                 );
             }
