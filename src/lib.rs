@@ -3,6 +3,8 @@
 //! Map of the crate, one job per module (data flows down this list: a module uses the ones
 //! below it, never one above):
 //!
+//! - [`signal`]: the signals both binaries answer: SIGINT and SIGTERM request a shutdown (a
+//!   second SIGINT exits `ballast` at once), SIGHUP re-reads `ballast`'s configuration.
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
 //!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
 //!   queue) and one connection's `session` (relay and access line).
@@ -49,3 +51,4 @@ pub mod probe;
 pub mod relay;
 pub mod selection;
 pub mod server;
+pub mod signal;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ballast::demo::{self, DemoOptions, LoadSource};
+use ballast::signal::Shutdown;
 
 const USAGE: &str = "\
 Usage: ballast-backend --listen ADDR [OPTIONS]
@@ -163,9 +164,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    // Register signal handlers before announcing readiness, so a supervisor that signals
-    // right after the readiness line cannot kill us with the default action.
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Handlers go in before the readiness line (see `signal`).
+    let shutdown = Shutdown::install()?;
 
     let listener = ballast::listener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -194,35 +194,11 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot write the readiness line: {e}"))?;
     drop(stdout);
 
-    demo::serve(listener, opts, shutdown)
+    demo::serve(listener, opts, shutdown.requested())
         .await
         .map_err(|e| format!("serving failed: {e}"))?;
     log::info!("shut down");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM received"),
-                _ = int.recv() => log::info!("SIGINT received"),
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                log::info!("Ctrl-C received");
-            }
-        })
-    }
 }
 
 #[cfg(test)]
