@@ -1,62 +1,39 @@
-//! `ballast`: the balancer binary. Parses arguments, loads the configuration, binds the
-//! listener and runs until SIGINT or SIGTERM; SIGHUP reloads the configuration. Errors are reported for humans with a non-zero
-//! exit: 1 for a bad configuration or a failure to start, 2 for bad arguments.
+//! `ballast`: the balancer binary. Parses arguments ([`ballast::cli::ballast`]), loads the
+//! configuration, binds the listener and runs until SIGINT or SIGTERM; SIGHUP reloads the
+//! configuration ([`ballast::signal`]). Errors are reported for humans with a non-zero exit:
+//! 1 for a bad configuration or a failure to start, 2 for bad arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ballast::cli::{self, Command};
+use ballast::cli::ballast::{PROGRAM, parse};
 use ballast::config::Config;
 use ballast::signal::{Hangup, Shutdown};
 use ballast::{listener, server};
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("ballast: {message}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
+    let options = match PROGRAM.options(parse(std::env::args_os().skip(1))) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
-    match command {
-        Command::Help => {
-            println!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("ballast {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Command::Check { config } => match Config::load(&config) {
+    if options.check {
+        return match Config::load(&options.config) {
             Ok(parsed) => {
-                println!("{}: configuration is valid\n", config.display());
+                println!("{}: configuration is valid\n", options.config.display());
                 print!("{}", parsed.summary());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ballast: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Run { config } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
-            let config_path = config;
-            let config = match Config::load(&config_path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("ballast: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match serve(config, config_path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("ballast: {message}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+            Err(e) => PROGRAM.fail(e),
+        };
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::load(&options.config) {
+        Ok(config) => config,
+        Err(e) => return PROGRAM.fail(e),
+    };
+    match serve(config, options.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => PROGRAM.fail(message),
     }
 }
 
