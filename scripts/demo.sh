@@ -13,10 +13,10 @@ usage() {
     cat <<'EOF'
 Usage: scripts/demo.sh [CONFIG]
 
-Builds the release binaries, starts one demo backend (`ballast-backend --listen ADDR
---id NAME --max-requests 1`) for every backend of CONFIG (default: balancer.ron in the
-repository), checks CONFIG with `ballast --check`, starts `ballast --config CONFIG` and
-prints the URL to open. Every response carries `Connection: close`, so each refresh is a
+Builds the release binaries, checks CONFIG (default: balancer.ron in the repository) with
+`ballast --check`, starts the demo backends (`ballast-backend --config CONFIG
+--max-requests 1`: one process, one listener for every backend of CONFIG, on its address
+and answering as its name), starts `ballast --config CONFIG` and prints the URL to open. Every response carries `Connection: close`, so each refresh is a
 new connection and meets the balancer again. Ctrl-C (or SIGTERM) stops everything the
 script started; it exits 0 after a requested stop (or a clean stop of the balancer) and
 1 when something fails to start or the balancer fails.
@@ -34,106 +34,6 @@ Environment:
                            its `demo` subdirectory
   RUST_LOG                 log filter for the balancer and backends (default: info)
 EOF
-}
-
-# Reads CONFIG (RON) and prints `listen<TAB>ADDR` and one `backend<TAB>NAME<TAB>ADDR` per
-# entry of `backends`, or `error<TAB>MESSAGE` lines. A small tokenizer rather than line
-# matching: it skips `//` and nested `/* */` comments and strings, tracks bracket depth and
-# takes `listen` from the top-level struct and `name`/`addr` from each struct in the
-# top-level `backends` list, in any order and layout. It does not validate: `ballast
-# --check` does that first.
-parse_config() {
-    awk '
-    { src = src $0 "\n" }
-    function on_string(val) {
-        if (prev == ":") {
-            if (depth == 1 && key[1] == "listen") listen = val
-            if (inb && depth == 3 && key[3] == "name") { bname = val; hasname = 1 }
-            if (inb && depth == 3 && key[3] == "addr") { baddr = val; hasaddr = 1 }
-        }
-        prev = "string"
-    }
-    END {
-        n = length(src); i = 1; depth = 0; prev = ""; inb = 0; nb = 0; listen = ""
-        while (i <= n) {
-            c = substr(src, i, 1)
-            two = substr(src, i, 2)
-            if (two == "//") {
-                j = index(substr(src, i), "\n"); i = j ? i + j : n + 1; continue
-            }
-            if (two == "/*") {
-                lvl = 1; i += 2
-                while (i <= n && lvl > 0) {
-                    two = substr(src, i, 2)
-                    if (two == "/*") { lvl++; i += 2 }
-                    else if (two == "*/") { lvl--; i += 2 }
-                    else i++
-                }
-                continue
-            }
-            if (c == " " || c == "\t" || c == "\r" || c == "\n") { i++; continue }
-            if (c == "\"") {
-                val = ""; i++
-                while (i <= n) {
-                    c = substr(src, i, 1)
-                    if (c == "\\") {
-                        e = substr(src, i + 1, 1)
-                        if (e == "n") val = val "\n"; else if (e == "t") val = val "\t"; else val = val e
-                        i += 2; continue
-                    }
-                    if (c == "\"") break
-                    val = val c; i++
-                }
-                i++
-                on_string(val); continue
-            }
-            if (c == "r" && substr(src, i + 1, 1) ~ /["#]/) {
-                j = i + 1; hashes = ""
-                while (substr(src, j, 1) == "#") { hashes = hashes "#"; j++ }
-                if (substr(src, j, 1) == "\"") {
-                    rest = substr(src, j + 1); k = index(rest, "\"" hashes)
-                    if (k == 0) k = length(rest) + 1
-                    val = substr(rest, 1, k - 1)
-                    i = j + k + 1 + length(hashes)
-                    on_string(val); continue
-                }
-            }
-            if (c == "'\''") {
-                i++
-                while (i <= n && substr(src, i, 1) != "'\''") i += (substr(src, i, 1) == "\\") ? 2 : 1
-                i++; prev = "char"; continue
-            }
-            if (c ~ /[A-Za-z_]/) {
-                j = i
-                while (j <= n && substr(src, j, 1) ~ /[A-Za-z0-9_]/) j++
-                ident = substr(src, i, j - i); i = j; prev = "ident"; continue
-            }
-            if (c == ":") {
-                if (prev == "ident") key[depth] = ident
-                prev = ":"; i++; continue
-            }
-            if (c == "(" || c == "[" || c == "{") {
-                depth++; kind[depth] = c; key[depth] = ""
-                if (depth == 3 && c == "(" && kind[2] == "[" && key[1] == "backends") {
-                    inb = 1; nb++; bname = ""; baddr = ""; hasname = 0; hasaddr = 0
-                }
-                prev = c; i++; continue
-            }
-            if (c == ")" || c == "]" || c == "}") {
-                if (inb && depth == 3) {
-                    if (!hasname) printf "error\tbackend #%d has no name\n", nb
-                    else if (!hasaddr) printf "error\tbackend %s has no addr\n", bname
-                    else printf "backend\t%s\t%s\n", bname, baddr
-                    inb = 0
-                }
-                depth--; prev = c; i++; continue
-            }
-            prev = "other"; i++
-        }
-        if (listen == "") print "error\tno top-level listen address found"
-        else printf "listen\t%s\n", listen
-        if (nb == 0) print "error\tno backends found"
-    }' "$1"
 }
 
 # Turns a bound address into one a client can connect to: 0.0.0.0 and [::] become loopback.
@@ -179,7 +79,7 @@ cleanup() {
     trap 'FORCE=1' INT TERM HUP
     if [[ -n ${SLEEP_PID:-} ]]; then kill "$SLEEP_PID" 2>/dev/null || true; fi
     stop_pids "${BALANCER_PID:-}"
-    stop_pids ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}
+    stop_pids "${BACKENDS_PID:-}"
     if ((BALANCER_READY)); then flush_balancer_log; fi
     stop_watchdog
     rm -f "$RUN_DIR/watchdog.fifo" "$PIDS_FILE" "$RUN_DIR/demo.pid"
@@ -216,7 +116,9 @@ if [[ -f $RUN_DIR/demo.pid ]]; then
     fi
 fi
 
-rm -f "$RUN_DIR"/backend-*.out "$RUN_DIR"/backend-*.log "$BALANCER_LOG" "$RUN_DIR/ballast.out"
+BACKENDS_OUT=$RUN_DIR/backends.out
+BACKENDS_LOG=$RUN_DIR/backends.log
+rm -f "$BACKENDS_OUT" "$BACKENDS_LOG" "$BALANCER_LOG" "$RUN_DIR/ballast.out"
 
 cd "$REPO_ROOT"
 
@@ -228,31 +130,15 @@ find_binaries
 summary=$("$BALLAST" --config "$CONFIG" --check) || die "$CONFIG is not a valid configuration"
 printf '%s\n' "$summary" >&2
 
-LISTEN=""
-BACKEND_NAMES=()
-BACKEND_ADDRS=()
-errors=()
-while IFS=$'\t' read -r kind a b; do
-    case $kind in
-    listen) LISTEN=$a ;;
-    backend) BACKEND_NAMES+=("$a"); BACKEND_ADDRS+=("$b") ;;
-    error) errors+=("$a") ;;
-    esac
-done < <(parse_config "$CONFIG")
-if ((${#errors[@]} > 0)); then
-    die "cannot read $CONFIG: ${errors[*]}"
-fi
-# Cross-check the small parser against ballast's own reading of the file.
-expected=$(printf '%s\n' "$summary" | sed -n 's/^backends[[:space:]]*\([0-9][0-9]*\)[[:space:]]*$/\1/p')
-if [[ -n $expected && $expected != "${#BACKEND_NAMES[@]}" ]]; then
-    die "read ${#BACKEND_NAMES[@]} backends from $CONFIG but ballast --check counts $expected; scripts/demo.sh's parser needs fixing"
-fi
+# The listen address, in case the balancer's readiness line does not show it.
+LISTEN=$(printf '%s\n' "$summary" | sed -n 's/^listen[[:space:]][[:space:]]*\([^[:space:]]*\)$/\1/p')
 
 # --- start ---------------------------------------------------------------------------------
 
 BALANCER_PID=""
 BALANCER_READY=0
-BACKEND_PIDS=()
+BACKENDS_PID=""
+BACKEND_COUNT=0
 SLEEP_PID=""
 WATCHDOG_PID=""
 trap cleanup EXIT
@@ -271,19 +157,22 @@ case $RUST_LOG in
 *) RUST_LOG=$RUST_LOG,ballast::server=info ;;
 esac
 
-for i in "${!BACKEND_NAMES[@]}"; do
-    name=${BACKEND_NAMES[i]}
-    addr=${BACKEND_ADDRS[i]}
-    base=$RUN_DIR/backend-$i-${name//[^A-Za-z0-9._-]/_}
-    : >"$base.out"
-    : >"$base.log"
-    "$BACKEND" --listen "$addr" --id "$name" --max-requests 1 ${BACKEND_ARGS[@]+"${BACKEND_ARGS[@]}"} \
-        </dev/null >"$base.out" 2>"$base.log" 9>&- &
-    BACKEND_PIDS+=("$!")
-    printf '%s\n' "$!" >>"$PIDS_FILE"
-    wait_ready "$base.out" '^listening on ' "$!" "backend $name ($addr)" "$base.log" || exit 1
-    note "backend $name: $READY_LINE (pid ${BACKEND_PIDS[i]})"
-done
+# One process serves every backend of CONFIG, each on its address under its name; it reads
+# CONFIG as `ballast --check` just did. Once all its listeners are bound it prints one
+# `listening on ADDR as NAME` line each, all at once.
+: >"$BACKENDS_OUT"
+: >"$BACKENDS_LOG"
+"$BACKEND" --config "$CONFIG" --max-requests 1 ${BACKEND_ARGS[@]+"${BACKEND_ARGS[@]}"} \
+    </dev/null >"$BACKENDS_OUT" 2>"$BACKENDS_LOG" 9>&- &
+BACKENDS_PID=$!
+printf '%s\n' "$BACKENDS_PID" >>"$PIDS_FILE"
+wait_ready "$BACKENDS_OUT" '^listening on ' "$BACKENDS_PID" "ballast-backend --config" "$BACKENDS_LOG" || exit 1
+while IFS= read -r line; do
+    [[ $line == "listening on "*" as "* ]] || continue
+    rest=${line#listening on }
+    note "backend ${rest#* as }: listening on ${rest%% *} (pid $BACKENDS_PID)"
+    BACKEND_COUNT=$((BACKEND_COUNT + 1))
+done <"$BACKENDS_OUT"
 
 : >"$BALANCER_LOG"
 "$BALLAST" --config "$CONFIG" </dev/null >"$RUN_DIR/ballast.out" 2>"$BALANCER_LOG" 9>&- &
@@ -299,7 +188,7 @@ url="http://$target/"
 
 cat <<EOF
 
-ballast is listening on $bound (pid $BALANCER_PID) in front of ${#BACKEND_NAMES[@]} backend(s).
+ballast is listening on $bound (pid $BALANCER_PID) in front of $BACKEND_COUNT backend(s).
 
 Open $url and refresh: each refresh lands on the next backend.
 From a shell:
@@ -315,9 +204,8 @@ fi
 
 # --- run until stopped ---------------------------------------------------------------------
 
-# A backend that exits is reported and left out (the balancer routes around it: stopping
-# one by hand is part of the demo); the balancer exiting ends the demo, successfully if it
-# stopped cleanly (status 0).
+# The backends exiting is reported and the demo goes on (the balancer then finds them
+# down); the balancer exiting ends the demo, successfully if it stopped cleanly (status 0).
 end=$((SECONDS + ${DURATION:-0}))
 while :; do
     flush_balancer_log
@@ -332,14 +220,11 @@ while :; do
         fi
         die "ballast exited with status $status"
     fi
-    for i in "${!BACKEND_PIDS[@]}"; do
-        pid=${BACKEND_PIDS[i]}
-        if [[ -n $pid ]] && ! alive "$pid"; then
-            wait "$pid" 2>/dev/null && status=0 || status=$?
-            BACKEND_PIDS[i]=""
-            note "backend ${BACKEND_NAMES[i]} (pid $pid) exited (status $status)"
-        fi
-    done
+    if [[ -n $BACKENDS_PID ]] && ! alive "$BACKENDS_PID"; then
+        wait "$BACKENDS_PID" 2>/dev/null && status=0 || status=$?
+        note "the backends (ballast-backend, pid $BACKENDS_PID) exited (status $status)"
+        BACKENDS_PID=""
+    fi
     if [[ -n $DURATION ]] && ((SECONDS >= end)); then
         note "DEMO_DURATION=${DURATION}s elapsed: stopping"
         exit 0

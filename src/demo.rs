@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -13,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::http::{self, Limits, Reply, Request};
-use crate::listener::AcceptBackoff;
+use crate::listener::{self, AcceptBackoff};
 
 /// Where `/load` gets its number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,94 @@ pub struct DemoOptions {
     pub max_requests_per_connection: Option<u64>,
     /// CPU time burnt before each `GET /`, to make a backend's load climb under a benchmark.
     pub burn: Duration,
+}
+
+/// One listener of the demo backend: where it listens and the ID its page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The address to bind; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// The ID, or `None` for `backend-PORT` (the port it got).
+    pub id: Option<String>,
+    /// Whether the readiness line names the ID: with `--config`, one line per backend.
+    pub named: bool,
+}
+
+/// A bound [`Site`]: the listener, the address it got and the ID it serves as.
+#[derive(Debug)]
+pub struct Bound {
+    /// The listening socket.
+    pub listener: TcpListener,
+    /// The address it is bound to.
+    pub local: SocketAddr,
+    /// The ID its page shows.
+    pub id: String,
+    named: bool,
+}
+
+impl Site {
+    /// One listener, as `--listen ADDR [--id ID]` asks for.
+    pub fn listen(addr: SocketAddr, id: Option<String>) -> Site {
+        Site {
+            addr,
+            id,
+            named: false,
+        }
+    }
+
+    /// One listener per backend of `config`, in its order: on the backend's address, with
+    /// its name as ID.
+    pub fn backends(config: &Config) -> Vec<Site> {
+        config
+            .backends
+            .iter()
+            .map(|b| Site {
+                addr: b.addr,
+                id: Some(b.name.clone()),
+                named: true,
+            })
+            .collect()
+    }
+
+    /// Binds the listener. An address that is not this machine's is said so plainly, naming
+    /// the backend: ballast-backend can only serve backends that run here.
+    pub fn bind(&self) -> Result<Bound, String> {
+        let listener = listener::bind(self.addr).map_err(|e| match (&self.id, e.kind()) {
+            (Some(id), io::ErrorKind::AddrNotAvailable) if self.named => format!(
+                "backend {id}: cannot listen on {}: not an address of this machine \
+                 (ballast-backend serves only backends on local addresses)",
+                self.addr
+            ),
+            (Some(id), _) if self.named => {
+                format!("backend {id}: cannot listen on {}: {e}", self.addr)
+            }
+            _ => format!("cannot listen on {}: {e}", self.addr),
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        Ok(Bound {
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("backend-{}", local.port())),
+            listener,
+            local,
+            named: self.named,
+        })
+    }
+}
+
+impl Bound {
+    /// The line that tells scripts and tests this listener is ready: `listening on ADDR`,
+    /// with ` as ID` after it when the site is one backend of a configuration.
+    pub fn readiness_line(&self) -> String {
+        if self.named {
+            format!("listening on {} as {}", self.local, self.id)
+        } else {
+            format!("listening on {}", self.local)
+        }
+    }
 }
 
 const PLAIN: &str = "text/plain; charset=utf-8";
@@ -100,6 +192,25 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// Serves every listener, each with its options, until `shutdown` completes (see
+/// [`serve`]): the demo backend's `--config` mode, one listener per backend.
+pub async fn serve_all(
+    sites: Vec<(TcpListener, DemoOptions)>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let stop = CancellationToken::new();
+    let mut serving = JoinSet::new();
+    for (listener, opts) in sites {
+        serving.spawn(serve(listener, opts, stop.clone().cancelled_owned()));
+    }
+    shutdown.await;
+    stop.cancel();
+    while let Some(served) = serving.join_next().await {
+        served.map_err(io::Error::other)??;
+    }
+    Ok(())
 }
 
 struct Ctx {

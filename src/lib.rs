@@ -3,13 +3,19 @@
 //! Map of the crate, one job per module (data flows down this list: a module uses the ones
 //! below it, never one above):
 //!
+//! - [`cli`]: command-line parsing for both binaries, on `lexopt`, with the conventions they
+//!   share (`--flag VALUE` or `--flag=VALUE`, UTF-8 only, errors and exit codes): `ballast`
+//!   for the balancer, `backend` for `ballast-backend`.
+//! - [`signal`]: the signals both binaries answer: SIGINT and SIGTERM request a shutdown (a
+//!   second SIGINT exits `ballast` at once), SIGHUP re-reads `ballast`'s configuration.
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
 //!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
 //!   queue) and one connection's `session` (relay and access line).
 //! - [`admin`]: the admin listener, in `admin/`: `api` (connections, routing, runtime API),
 //!   `auth` (the token), `chart` (the history ring), `status` (JSON and page), `metrics`
 //!   (Prometheus text).
-//! - [`demo`]: the demo backend served by the `ballast-backend` binary.
+//! - [`demo`]: the demo backend served by the `ballast-backend` binary: its listeners (one,
+//!   or one per backend of a configuration) and the two pages.
 //! - [`monitor`]: background health checks and `/load` pollers that feed the backends' state.
 //! - [`balancer`]: the live state the server and the admin listener share: the snapshot
 //!   swapped whole on reload, the candidate view a selector picks from, the totals.
@@ -32,7 +38,6 @@
 //! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
 //!   candidates (weight, active connections, load, availability) and returns an index.
 //! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
-//! - [`cli`]: command-line parsing for the `ballast` binary.
 
 #![forbid(unsafe_code)]
 
@@ -51,3 +56,4 @@ pub mod probe;
 pub mod relay;
 pub mod selection;
 pub mod server;
+pub mod signal;

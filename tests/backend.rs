@@ -399,3 +399,170 @@ fn help_and_version_exit_0() {
         format!("ballast-backend {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn every_flag_takes_its_value_after_an_equals_sign() {
+    let b = Backend(common::DemoBackend::start_with(
+        &["--id=VM4", "--max-requests=1", "--burn-ms=20"],
+        &[],
+        &[],
+    ));
+    let mut s = b.connect();
+    let started = Instant::now();
+    send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = read_reply(&mut s);
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert!(r.body.contains("This is from VM4"), "{}", r.body);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eof(&mut s);
+
+    // `--listen=` and `--load-file=` too.
+    let file = TempFile(temp_file("load"));
+    std::fs::write(&file.0, "12.5\n").unwrap();
+    let load_file = format!("--load-file={}", file.0.to_str().expect("UTF-8 temp path"));
+    let b = Backend(common::DemoBackend::start_exactly(
+        &["--listen=127.0.0.1:0", "--load=process", &load_file],
+        &[],
+    ));
+    let r = b.get("/load");
+    assert_eq!((r.status, r.body.as_str()), (200, "12.5"));
+}
+
+#[test]
+fn an_argument_that_is_not_utf8_exits_2_naming_it() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bad = OsStr::from_bytes(b"--id=vm\xff4");
+    let (code, out, err) = common::run(common::BACKEND, &[OsStr::new("--listen=127.0.0.1:0"), bad]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("ballast-backend: argument \"--id=vm\\xFF4\" is not valid UTF-8\n"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: ballast-backend"), "{err}");
+}
+
+// --- ballast-backend --config ---------------------------------------------------------------
+
+/// A balancer configuration whose backends vm4 and vm5 listen on port 0.
+fn two_backends_on_port_0() -> String {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    common::config("WeightedRoundRobin", &[("vm4", any, 3), ("vm5", any, 5)])
+}
+
+/// One process serves every backend of a configuration, each under its name on its own
+/// port (announced on its readiness line), with the other flags applying to all of them;
+/// SIGTERM stops them all.
+#[test]
+fn config_serves_every_backend_under_its_name() {
+    let dir = common::TempDir::new();
+    let config = dir.write("balancer.ron", &two_backends_on_port_0());
+    let mut b = common::DemoBackends::start(&config, 2, &["--max-requests=1"]);
+    let names: Vec<&str> = b.listeners.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["vm4", "vm5"]);
+    let (vm4, vm5) = (b.addr("vm4"), b.addr("vm5"));
+    assert_ne!(vm4.port(), 0);
+    assert_ne!(vm4, vm5);
+
+    for (name, addr) in [("vm4", vm4), ("vm5", vm5)] {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        send(&mut s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = read_reply(&mut s);
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body.contains(&format!("This is from {name}")),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains("Hello world!"), "{}", r.body);
+        assert_eq!(r.header("connection"), Some("close"), "--max-requests=1");
+        assert_eof(&mut s);
+
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        send(&mut s, "GET /load HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = read_reply(&mut s);
+        assert_eq!(r.status, 200);
+        assert_percentage(&r.body);
+    }
+
+    b.proc.signal("TERM");
+    let status = b.proc.wait_exit();
+    assert!(status.success(), "{status:?}");
+    for addr in [vm4, vm5] {
+        let refused = TcpStream::connect(addr).expect_err("still listening after SIGTERM");
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{addr}");
+    }
+}
+
+/// A configuration `ballast --check` rejects is rejected with the same `path:line:col`
+/// message and exit code 1.
+#[test]
+fn config_errors_are_ballast_checks() {
+    let dir = common::TempDir::new();
+    let path = dir.write(
+        "balancer.ron",
+        &two_backends_on_port_0().replace("WeightedRoundRobin", "Fastest"),
+    );
+    let path = path.to_str().expect("UTF-8 path");
+    let (code, out, err) = run_to_exit(&["--config", path]);
+    let (check_code, _, check_err) = common::run_ballast(&["--check", "--config", path]);
+    assert_eq!((code, check_code), (Some(1), 1));
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "ballast-backend: {path}:3:16: unknown algorithm `Fastest`"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        err.strip_prefix("ballast-backend: "),
+        check_err.strip_prefix("ballast: ")
+    );
+
+    let (code, _, err) = run_to_exit(&["--config=/nonexistent/balancer.ron"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "ballast-backend: /nonexistent/balancer.ron: cannot read configuration: No such file or directory (os error 2)"
+    );
+}
+
+/// A backend on an address that is not this machine's cannot be served from here: the
+/// error says which backend and why, and nothing is announced.
+#[test]
+fn config_with_a_backend_elsewhere_fails_naming_it() {
+    let dir = common::TempDir::new();
+    // 192.0.2.0/24 is TEST-NET-1: never an address of this machine (only bound, never sent to).
+    let text = two_backends_on_port_0().replacen(
+        "127.0.0.1:0\", weight: 5",
+        "192.0.2.1:8082\", weight: 5",
+        1,
+    );
+    assert!(text.contains("192.0.2.1:8082"), "{text}");
+    let config = dir.write("balancer.ron", &text);
+    let (code, out, err) = run_to_exit(&["--config", config.to_str().expect("UTF-8 path")]);
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "nothing may be announced: {out}");
+    assert_eq!(
+        err.trim_end(),
+        "ballast-backend: backend vm5: cannot listen on 192.0.2.1:8082: not an address of this machine (ballast-backend serves only backends on local addresses)"
+    );
+}
+
+#[test]
+fn config_does_not_mix_with_listen_or_id() {
+    for args in [
+        &["--config", "b.ron", "--listen", "127.0.0.1:0"][..],
+        &["--config=b.ron", "--id=vm4"],
+    ] {
+        let (code, out, err) = run_to_exit(args);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains("does not go with --config"), "{err}");
+        assert!(err.contains("Usage: ballast-backend"), "{err}");
+    }
+}

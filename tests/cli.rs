@@ -236,3 +236,42 @@ fn help_and_version() {
     assert_eq!(code, 0);
     assert_eq!(out, format!("ballast {}\n", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn config_takes_its_value_in_every_form() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/balancer.ron");
+    for args in [
+        vec!["--check".to_string(), format!("--config={sample}")],
+        vec!["--check".to_string(), "-c".to_string(), sample.to_string()],
+        vec![format!("-c{sample}"), "--check".to_string()],
+    ] {
+        let (code, out, err) = common::run(common::BALLAST, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            out.starts_with(&format!("{sample}: configuration is valid\n")),
+            "{args:?}: {out}"
+        );
+    }
+    let (code, _, err) = run_ballast(&["--check=yes"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("ballast: --check takes no value, but was given `yes`\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_argument_that_is_not_utf8_exits_2_naming_it() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bad = OsStr::from_bytes(b"--config=b\xffd.ron");
+    let (code, out, err) = common::run(common::BALLAST, &[OsStr::new("--check"), bad]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("ballast: argument \"--config=b\\xFFd.ron\" is not valid UTF-8\n"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: ballast"), "{err}");
+}

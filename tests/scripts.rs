@@ -416,7 +416,7 @@ fn demo_leftovers(run_dir: &Path) -> Vec<PathBuf> {
             name == "pids"
                 || name == "demo.pid"
                 || name == "watchdog.fifo"
-                || name.starts_with("backend-")
+                || name.starts_with("backend")
                 || name.starts_with("ballast.")
         })
         .collect()

@@ -5,9 +5,10 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -289,30 +290,90 @@ impl DemoBackend {
     /// Starts `ballast-backend --listen 127.0.0.1:0 ARGS... EXTRA...` with `env` set and
     /// `NAME` unset unless given, and waits for its readiness line.
     pub fn start_with(args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> DemoBackend {
-        let mut command = Command::new(BACKEND);
-        command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .args(extra)
-            .env_remove("NAME")
-            .env("RUST_LOG", "warn");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ballast-backend");
-        let out = Lines::collect(child.stdout.take().expect("stdout"));
-        let proc = Proc { child };
-        let line = out.wait_for(1, |l| l.starts_with("listening on"));
-        DemoBackend {
-            proc,
-            addr: listening_addr(&line),
-        }
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(extra);
+        DemoBackend::start_exactly(&all, env)
     }
+
+    /// Starts `ballast-backend ARGS...` (which must include `--listen`) with `env` set and
+    /// `NAME` unset unless given, and waits for its readiness line, which must be exactly
+    /// `listening on ADDR`.
+    pub fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> DemoBackend {
+        let (proc, mut ready) = spawn_backend_process(args, env, 1);
+        let (addr, name) = ready.remove(0);
+        assert_eq!(name, None, "--listen announces no name");
+        DemoBackend { proc, addr }
+    }
+}
+
+/// A running `ballast-backend --config FILE`: one listener per backend of the file.
+pub struct DemoBackends {
+    pub proc: Proc,
+    /// Each backend's name and the address its listener got, in the file's order.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl DemoBackends {
+    /// Starts `ballast-backend --config CONFIG EXTRA...` (`NAME` unset) and waits for the
+    /// readiness lines of its `count` listeners.
+    pub fn start(config: &Path, count: usize, extra: &[&str]) -> DemoBackends {
+        let config = config.to_str().expect("UTF-8 path");
+        let mut args = vec!["--config", config];
+        args.extend_from_slice(extra);
+        let (proc, ready) = spawn_backend_process(&args, &[], count);
+        let listeners = ready
+            .into_iter()
+            .map(|(addr, name)| (name.expect("`listening on ADDR as NAME`"), addr))
+            .collect();
+        DemoBackends { proc, listeners }
+    }
+
+    /// The address of the listener for backend `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no listener for {name} in {:?}", self.listeners))
+            .1
+    }
+}
+
+/// Starts `ballast-backend ARGS...` with `env` set and `NAME` unset unless given, and waits
+/// for `count` readiness lines; returns each line's address and, after ` as `, name.
+fn spawn_backend_process(
+    args: &[&str],
+    env: &[(&str, &str)],
+    count: usize,
+) -> (Proc, Vec<(SocketAddr, Option<String>)>) {
+    let mut command = Command::new(BACKEND);
+    command
+        .args(args)
+        .env_remove("NAME")
+        .env("RUST_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ballast-backend");
+    let out = Lines::collect(child.stdout.take().expect("stdout"));
+    let proc = Proc { child };
+    let is_ready = |l: &str| l.starts_with("listening on");
+    out.wait_for(count, is_ready);
+    let ready = out
+        .snapshot()
+        .into_iter()
+        .filter(|l| is_ready(l))
+        .map(|l| {
+            let name = l.split_once(" as ").map(|(_, name)| name.to_string());
+            (listening_addr(&l), name)
+        })
+        .collect();
+    (proc, ready)
 }
 
 /// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
@@ -322,7 +383,8 @@ pub fn run_ballast(args: &[&str]) -> (i32, String, String) {
 
 /// Runs `program` with `args` to completion (these commands exit at once, so no time limit
 /// beyond the test's own); returns (exit code, or -1 if killed by a signal, stdout, stderr).
-pub fn run(program: &str, args: &[&str]) -> (i32, String, String) {
+/// The arguments need not be UTF-8.
+pub fn run<A: AsRef<OsStr>>(program: &str, args: &[A]) -> (i32, String, String) {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
