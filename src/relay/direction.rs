@@ -29,13 +29,15 @@ pub(super) struct Direction {
     ramp: u8,
     /// Whether the destination's unsent bytes are bounded yet (see [`limit_unsent`]).
     unsent_limited: bool,
-    /// Bytes read but not yet written: `buf[start..end]`.
+    /// Bytes read but not yet written: `buf[start..end]`. Offsets and counts are 32 bits (a
+    /// buffer or pipe holds far less than 4 GiB): they live in every connection's task, and
+    /// idle memory per connection is set by that task's size class.
     buf: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
     /// A pipe holding `in_pipe` spliced bytes not yet written.
     pipe: Option<zero_copy::Pipe>,
-    in_pipe: usize,
+    in_pipe: u32,
     pub(super) finished: bool,
     /// Bytes moved since the relay last looked at its clock.
     progressed: bool,
@@ -114,11 +116,11 @@ impl Direction {
                 }
                 let written = match (&self.buf, &self.pipe) {
                     (Some(buf), _) if self.start < self.end => {
-                        to.try_write(&buf[self.start..self.end])
+                        to.try_write(&buf[self.start as usize..self.end as usize])
                     }
-                    (_, Some(pipe)) => {
-                        to.try_io(Interest::WRITABLE, || pipe.drain_to(to, self.in_pipe))
-                    }
+                    (_, Some(pipe)) => to.try_io(Interest::WRITABLE, || {
+                        pipe.drain_to(to, self.in_pipe as usize)
+                    }),
                     _ => Ok(0),
                 };
                 match written {
@@ -130,9 +132,9 @@ impl Direction {
                         moved.add(n);
                         self.progressed = true;
                         if self.start < self.end {
-                            self.start += n;
+                            self.start += n as u32;
                         } else {
-                            self.in_pipe -= n;
+                            self.in_pipe -= n as u32;
                         }
                         if self.start == self.end && self.in_pipe == 0 {
                             self.release();
@@ -195,7 +197,7 @@ impl Direction {
             self.bulk = true;
         }
         self.start = 0;
-        self.end = n;
+        self.end = n as u32;
         Poll::Ready(Ok(n))
     }
 
@@ -239,7 +241,7 @@ impl Direction {
         self.pipe = Some(pipe);
         Poll::Ready(match filled {
             Ok(Filled::Pipe(n)) => {
-                self.in_pipe = n;
+                self.in_pipe = n as u32;
                 if let Some(buf) = self.buf.take() {
                     pool::give(buf);
                 }
@@ -250,7 +252,7 @@ impl Direction {
             }
             Ok(Filled::Buffer(n)) => {
                 self.start = 0;
-                self.end = n;
+                self.end = n as u32;
                 Ok(n)
             }
             Err(e) if zero_copy::unsupported(&e) => {
@@ -268,7 +270,7 @@ impl Direction {
         let buf = self.buf.get_or_insert_with(pool::take);
         let n = from.try_read(buf)?;
         self.start = 0;
-        self.end = n;
+        self.end = n as u32;
         Ok(n)
     }
 
@@ -276,10 +278,10 @@ impl Direction {
     /// a destination that `splice(2)` refuses.
     fn unload_pipe(&mut self) -> io::Result<()> {
         if let Some(pipe) = self.pipe.take() {
-            let bytes = pipe.unload(self.in_pipe)?;
+            let bytes = pipe.unload(self.in_pipe as usize)?;
             pipe.give_back();
             self.start = 0;
-            self.end = bytes.len();
+            self.end = self.in_pipe;
             self.buf = Some(bytes);
             self.in_pipe = 0;
         }

@@ -151,6 +151,7 @@ pub async fn relay(
         clock: Activity::new(),
         registered: false,
         fin_owed: None,
+        pipe_size: u32::try_from(limits.pipe_size).unwrap_or(u32::MAX),
     };
     let mut first_closed: Option<(Side, Instant)> = None;
     let timer = tokio::time::sleep(limits.idle);
@@ -160,7 +161,7 @@ pub async fn relay(
         // in the sockets' own slots, so a connection waiting for bytes costs only this small
         // frame, not a waiter node per pending operation.
         let event = std::future::poll_fn(|cx| {
-            if let Some(event) = flows.poll(cx, &client, &backend, limits.pipe_size) {
+            if let Some(event) = flows.poll(cx, &client, &backend) {
                 return Poll::Ready(event);
             }
             if stop.is_raised() {
@@ -254,6 +255,8 @@ struct Flows<'a> {
     registered: bool,
     /// The side whose socket is still to be shut down for writing: the other side sent EOF.
     fin_owed: Option<Side>,
+    /// `Limits::pipe_size`, kept here so the poll closure captures one reference fewer.
+    pipe_size: u32,
 }
 
 impl Flows<'_> {
@@ -263,8 +266,8 @@ impl Flows<'_> {
         cx: &mut Context<'_>,
         client: &TcpStream,
         backend: &TcpStream,
-        pipe_size: usize,
     ) -> Option<Event> {
+        let pipe_size = self.pipe_size as usize;
         let (up, down) = (&mut self.upstream, &mut self.downstream);
         let mut event = None;
         if !up.finished

@@ -70,7 +70,8 @@ pub enum NoPipe {
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    capacity: usize,
+    /// Bytes, as granted; 32 bits keep a pipe, and so every relay's state, small.
+    capacity: u32,
 }
 
 impl Pipe {
@@ -86,10 +87,10 @@ impl Pipe {
             Some(pipe) => pipe,
             None => Pipe::create()?,
         };
-        if pipe.capacity != size {
+        if pipe.capacity() != size {
             pipe.capacity = pipe.resize(size);
         }
-        if pipe.capacity < size && pipe.capacity < super::pool::BUFFER_SIZE {
+        if pipe.capacity() < size && pipe.capacity() < super::pool::BUFFER_SIZE {
             if !SHRUNK_LOGGED.swap(true, Ordering::Relaxed) {
                 warn!(
                     "the kernel grants pipes of {} bytes, not {size} (fs.pipe-user-pages-soft \
@@ -123,12 +124,12 @@ impl Pipe {
 
     /// Asks for `size` bytes and returns what the pipe holds now. Kernel pages are only
     /// taken as bytes pass through.
-    fn resize(&self, size: usize) -> usize {
+    fn resize(&self, size: usize) -> u32 {
         let asked = i32::try_from(size).unwrap_or(i32::MAX);
         let _ = fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(asked));
         fcntl(&self.write, FcntlArg::F_GETPIPE_SZ)
             .ok()
-            .and_then(|granted| usize::try_from(granted).ok())
+            .and_then(|granted| u32::try_from(granted).ok())
             .unwrap_or(0)
     }
 
@@ -150,7 +151,7 @@ impl Pipe {
             None,
             &self.write,
             None,
-            len.min(self.capacity),
+            len.min(self.capacity()),
             flags,
         )
         .map_err(io::Error::from)
@@ -158,7 +159,7 @@ impl Pipe {
 
     /// Bytes the pipe can hold, as granted by the kernel.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 
     /// Splices up to `len` bytes from the pipe into `socket`.
