@@ -16,7 +16,7 @@ use crate::health::Health;
 use crate::selection::Candidate;
 
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
@@ -27,7 +27,7 @@ pub struct Backend {
 
 /// Counters shared by every connection to one backend.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -61,7 +61,7 @@ struct HealthState {
 
 /// The most recent check result, for people and monitoring.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LastCheck {
+pub(crate) struct LastCheck {
     pub at: Instant,
     pub ok: bool,
     /// Why it failed; empty when it passed.
@@ -70,7 +70,11 @@ pub struct LastCheck {
 
 impl Backend {
     /// A backend with fresh state; `released` is the balancer-wide wake-up for queued clients.
-    pub fn new(config: &BackendConfig, health: &HealthConfig, released: Arc<Notify>) -> Backend {
+    pub(crate) fn new(
+        config: &BackendConfig,
+        health: &HealthConfig,
+        released: Arc<Notify>,
+    ) -> Backend {
         let live = Live {
             stats: Stats::default(),
             up: AtomicBool::new(true),
@@ -88,7 +92,7 @@ impl Backend {
 
     /// The same backend under a new configuration: counters, health and load carry over.
     /// New rise/fall thresholds apply from the next flip.
-    pub fn reconfigured(&self, config: &BackendConfig, health: &HealthConfig) -> Backend {
+    pub(crate) fn reconfigured(&self, config: &BackendConfig, health: &HealthConfig) -> Backend {
         {
             let mut state = self
                 .live
@@ -114,12 +118,12 @@ impl Backend {
         }
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub(crate) fn stats(&self) -> &Stats {
         &self.live.stats
     }
 
     /// What a selector may see of this backend right now.
-    pub fn candidate(&self) -> Candidate {
+    pub(crate) fn candidate(&self) -> Candidate {
         let live = &self.live;
         let active = live.stats.active.load(Ordering::Relaxed);
         let mut candidate = Candidate::new(self.weight, active)
@@ -128,12 +132,12 @@ impl Backend {
         candidate
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.live.up.load(Ordering::Relaxed)
     }
 
     /// Up and in rotation, but at its `max_connections`.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.weight > 0
             && self.is_up()
             && self.is_full_at(self.live.stats.active.load(Ordering::Relaxed))
@@ -145,7 +149,7 @@ impl Backend {
 
     /// Feeds one check result (active probe, load poll or relay connect) to the health state
     /// machine; logs and publishes a flip. `reason` explains a failure.
-    pub fn record_check(&self, ok: bool, reason: &str) {
+    pub(crate) fn record_check(&self, ok: bool, reason: &str) {
         let mut health = self
             .live
             .health
@@ -169,14 +173,14 @@ impl Backend {
     }
 
     /// The last fresh load reading, in percent.
-    pub fn load(&self) -> Option<f32> {
+    pub(crate) fn load(&self) -> Option<f32> {
         let load = f32::from_bits(self.live.load_bits.load(Ordering::Relaxed));
         (!load.is_nan()).then_some(load)
     }
 
     /// Publishes a new reading (or forgets a stale one) and restarts the count of connections
     /// sent since the last poll.
-    pub fn set_load(&self, load: Option<f32>) {
+    pub(crate) fn set_load(&self, load: Option<f32>) {
         self.live
             .load_bits
             .store(load.unwrap_or(f32::NAN).to_bits(), Ordering::Relaxed);
@@ -193,12 +197,12 @@ impl Backend {
     /// Restarts the count of connections sent since the last poll. Every poll does this,
     /// failed or not, so a backend that never reports is compared by the connections of one
     /// poll period like the others, instead of by everything it received since start-up.
-    pub fn restart_recent(&self) {
+    pub(crate) fn restart_recent(&self) {
         self.live.recent.store(0, Ordering::Relaxed);
     }
 
     /// How old the last good load reading is, if there ever was one.
-    pub fn load_age(&self) -> Option<std::time::Duration> {
+    pub(crate) fn load_age(&self) -> Option<std::time::Duration> {
         let at = *self
             .live
             .load_at
@@ -208,7 +212,7 @@ impl Backend {
     }
 
     /// The most recent check result (active probe, load poll or failed relay connect).
-    pub fn last_check(&self) -> Option<LastCheck> {
+    pub(crate) fn last_check(&self) -> Option<LastCheck> {
         let state = self
             .live
             .health
@@ -218,7 +222,7 @@ impl Backend {
     }
 
     /// Counts a new connection as active until the guard is dropped.
-    pub fn connect_guard(self: &Arc<Self>) -> ConnectionGuard {
+    pub(crate) fn connect_guard(self: &Arc<Self>) -> ConnectionGuard {
         self.live.stats.active.fetch_add(1, Ordering::Relaxed);
         self.live.recent.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
@@ -230,12 +234,12 @@ impl Backend {
 /// One active connection to `backend`; dropping it decrements the active count and wakes
 /// clients queued for a backend with room.
 #[derive(Debug)]
-pub struct ConnectionGuard {
+pub(crate) struct ConnectionGuard {
     backend: Arc<Backend>,
 }
 
 impl ConnectionGuard {
-    pub fn backend(&self) -> &Arc<Backend> {
+    pub(crate) fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
 }

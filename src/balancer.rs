@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 /// Everything a connection needs to pick and reach a backend, immutable once built. A new
 /// configuration builds a new snapshot and swaps it in whole.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub config: Config,
     pub backends: Vec<Arc<Backend>>,
     pub selector: Selector,
@@ -110,7 +110,7 @@ impl Candidates for LiveView<'_> {
 
 /// Shared state of a running balancer.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     snapshot: ArcSwap<Snapshot>,
     /// The configuration as read from the file, before runtime weight changes.
     file_config: Mutex<Config>,
@@ -126,7 +126,7 @@ pub struct Balancer {
 
 /// Balancer-wide counters.
 #[derive(Debug, Default)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Client connections accepted.
     pub accepted: AtomicU64,
     /// Clients closed because no backend could take them.
@@ -135,10 +135,10 @@ pub struct Totals {
 
 /// A runtime change named a backend the configuration does not have.
 #[derive(Debug, PartialEq, Eq)]
-pub struct UnknownBackend(pub String);
+pub(crate) struct UnknownBackend(pub String);
 
 impl Balancer {
-    pub fn new(config: Config) -> Balancer {
+    pub(crate) fn new(config: Config) -> Balancer {
         let released = Arc::new(Notify::new());
         let snapshot = Snapshot::new(config.clone(), None, &released, &HashMap::new());
         Balancer {
@@ -152,13 +152,13 @@ impl Balancer {
         }
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
     /// Swaps in `config` (read from the file) for new connections, dropping runtime weight
     /// changes; returns the new snapshot.
-    pub fn reload(&self, config: Config) -> Arc<Snapshot> {
+    pub(crate) fn reload(&self, config: Config) -> Arc<Snapshot> {
         let mut weights = self.weights.lock().unwrap_or_else(PoisonError::into_inner);
         weights.clear();
         *self
@@ -170,7 +170,7 @@ impl Balancer {
 
     /// Sets a backend's weight at runtime (0 drains it), or with `None` returns it to its
     /// configured weight. Effective for new connections at once.
-    pub fn set_weight(&self, name: &str, weight: Option<u32>) -> Result<(), UnknownBackend> {
+    pub(crate) fn set_weight(&self, name: &str, weight: Option<u32>) -> Result<(), UnknownBackend> {
         let mut weights = self.weights.lock().unwrap_or_else(PoisonError::into_inner);
         let config = self
             .file_config

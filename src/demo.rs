@@ -33,12 +33,14 @@ pub enum LoadSource {
     File(PathBuf),
 }
 
+/// How one demo backend listener behaves.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Backend identity shown on the page (`This is from {id}`).
     pub id: String,
     /// Who to greet (`Hello {name}!`).
     pub name: String,
+    /// Where `/load` readings come from.
     pub load: LoadSource,
     /// Close the connection after this many responses, like nginx `keepalive_requests`.
     /// With 1, every browser refresh opens a new connection and so meets the balancer again.

@@ -20,7 +20,7 @@ use nix::errno::Errno;
 
 /// Who an error counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The peer's, or its network's: it counts against the peer.
     Peer,
     /// Ballast's own: this machine is short of a resource. Not held against any peer.
@@ -43,7 +43,7 @@ pub enum Fault {
 ///   that reaches us is this shortage, never a busy peer.
 ///
 /// Everything else, and every error without an OS code (such as a timeout), is the peer's.
-pub fn classify(e: &io::Error) -> Fault {
+pub(crate) fn classify(e: &io::Error) -> Fault {
     if e.kind() == io::ErrorKind::OutOfMemory {
         return Fault::Ours;
     }

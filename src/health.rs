@@ -3,7 +3,7 @@
 
 /// Up or down, with the streak of results that disagree with the current state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     up: bool,
     /// Consecutive results contradicting `up` (failures while up, passes while down).
     streak: u32,
@@ -14,7 +14,7 @@ pub struct Health {
 impl Health {
     /// A backend starts up, as in nginx and HAProxy: traffic flows at once, and the first
     /// `fall` failures take it out.
-    pub fn new(rise: u32, fall: u32) -> Health {
+    pub(crate) fn new(rise: u32, fall: u32) -> Health {
         Health {
             up: true,
             streak: 0,
@@ -25,17 +25,17 @@ impl Health {
 
     /// Marks the backend down at once, as when carrying a down backend into a new
     /// configuration.
-    pub fn observe_down(&mut self) {
+    pub(crate) fn observe_down(&mut self) {
         self.up = false;
         self.streak = 0;
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up
     }
 
     /// Records one check result; returns true when it flipped the state.
-    pub fn observe(&mut self, ok: bool) -> bool {
+    pub(crate) fn observe(&mut self, ok: bool) -> bool {
         if ok == self.up {
             self.streak = 0;
             return false;

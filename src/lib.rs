@@ -41,19 +41,19 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backend;
-pub mod balancer;
+pub(crate) mod admin;
+pub(crate) mod backend;
+pub(crate) mod balancer;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod fault;
-pub mod health;
-pub mod http;
+pub(crate) mod fault;
+pub(crate) mod health;
+pub(crate) mod http;
 pub mod listener;
-pub mod monitor;
-pub mod probe;
-pub mod relay;
+pub(crate) mod monitor;
+pub(crate) mod probe;
+pub(crate) mod relay;
 pub mod selection;
 pub mod server;
 pub mod signal;

@@ -17,6 +17,11 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket with a deep backlog, so bursts of connections wait in the kernel
 /// rather than being refused.
+///
+/// # Errors
+/// The socket's: `AddrInUse` when something else listens on `addr` (even with
+/// `SO_REUSEPORT`, which a plain bind probe rules out first), `AddrNotAvailable` for an
+/// address that is not this machine's, `PermissionDenied` for a privileged port.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // SO_REUSEPORT would let a second balancer (or a stray copy of this one) share the port
     // silently and take half its connections: a plain bind first makes that an error.

@@ -22,7 +22,7 @@ use crate::selection::Algorithm;
 
 /// Starts the health checks, and the load pollers when `config` asks for workload-sensitive
 /// balancing, for `backends`; they run on `tracker` until `stop` is cancelled.
-pub fn spawn(
+pub(crate) fn spawn(
     backends: &[Arc<Backend>],
     config: &Config,
     tracker: &TaskTracker,

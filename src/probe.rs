@@ -23,17 +23,17 @@ use crate::fault::{self, Fault};
 
 /// The most of a response head we read, interim (1xx) heads included. nginx's and HAProxy's
 /// usual buffers are 8 KiB and up; a health endpoint's head is a few hundred bytes.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// The largest response head a health check reads through. Only the status line decides,
 /// but the check reads to the head's end, so a backend that closes mid-head fails. HAProxy
 /// reads heads into its 16 KiB buffer; frameworks that send every cookie and policy header
 /// can pass 8 KiB.
-pub const MAX_CHECK_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_CHECK_HEAD: usize = 64 * 1024;
 /// The most of a `/load` body we read; a reading is a few bytes.
-pub const MAX_BODY: usize = 4 * 1024;
+pub(crate) const MAX_BODY: usize = 4 * 1024;
 
 #[derive(Debug)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// The probe could not run for lack of ballast's own resources (descriptors, memory,
     /// local ports: [`Fault::Ours`]). No verdict on the backend.
     Local(io::Error),
@@ -85,7 +85,7 @@ impl fmt::Display for ProbeError {
 impl std::error::Error for ProbeError {}
 
 /// Opens (and closes) a TCP connection to `addr` within `limit`.
-pub async fn tcp_connect(addr: SocketAddr, limit: Duration) -> Result<(), ProbeError> {
+pub(crate) async fn tcp_connect(addr: SocketAddr, limit: Duration) -> Result<(), ProbeError> {
     tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| ProbeError::Timeout(limit))?
@@ -95,7 +95,11 @@ pub async fn tcp_connect(addr: SocketAddr, limit: Duration) -> Result<(), ProbeE
 
 /// The HTTP health check: `GET path` from `addr` passes when the final status is 2xx. Reads
 /// the response head only and closes; the whole exchange must finish within `limit`.
-pub async fn http_check(addr: SocketAddr, path: &str, limit: Duration) -> Result<(), ProbeError> {
+pub(crate) async fn http_check(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> Result<(), ProbeError> {
     let check = async {
         // Any media type: a health endpoint that only speaks JSON must not fail with 406.
         let mut stream = send_get(addr, path, "*/*").await?;
@@ -111,7 +115,7 @@ pub async fn http_check(addr: SocketAddr, path: &str, limit: Duration) -> Result
 /// The `/load` poll: `GET path` from `addr`; returns the body of a 2xx response, at most
 /// [`MAX_BODY`] bytes, framed by `Content-Length`, chunked, or running to the close. The
 /// whole exchange must finish within `limit`.
-pub async fn http_get(
+pub(crate) async fn http_get(
     addr: SocketAddr,
     path: &str,
     limit: Duration,
@@ -192,7 +196,7 @@ async fn read_until<T>(
 
 /// A final response head.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     pub status: u16,
     /// Bytes from the start of the response to the end of this head (interim heads before
     /// it included): where the body starts.
@@ -204,7 +208,7 @@ pub struct Head {
 
 /// How a response body ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked,
     /// At the close of the connection.
@@ -228,7 +232,7 @@ fn parser() -> httparse::ParserConfig {
 /// are skipped, and the final head's header lines are only looked through for its end, so
 /// no header's content can fail a check. A status line that is not `HTTP/1.x NNN` is an
 /// error, as in [`parse_head`].
-pub fn parse_status(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
+pub(crate) fn parse_status(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
     let mut start = 0;
     loop {
         let rest = &buf[start..];
@@ -266,7 +270,7 @@ pub fn parse_status(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
 /// Interim 1xx heads (such as 103 Early Hints) are skipped, as RFC 9110 asks of every
 /// client; `101 Switching Protocols`, which we never ask for, is final. A status line that
 /// is not `HTTP/1.x NNN` (reason phrase optional) is an error; so is a code outside 100-599.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
     let mut start = 0;
     loop {
         let Some((len, (status, framing))) = parse_one(&buf[start..])? else {
@@ -410,7 +414,7 @@ async fn read_body(
 
 /// Decodes a chunked body: `Ok(None)` until its last chunk has arrived. Trailers are not
 /// read (the connection closes after the response anyway).
-pub fn decode_chunked(raw: &[u8]) -> Result<Option<Vec<u8>>, ProbeError> {
+pub(crate) fn decode_chunked(raw: &[u8]) -> Result<Option<Vec<u8>>, ProbeError> {
     const BAD: ProbeError = ProbeError::BadResponse("bad chunked body");
     let mut body = Vec::new();
     let mut at = 0;
@@ -443,7 +447,7 @@ pub fn decode_chunked(raw: &[u8]) -> Result<Option<Vec<u8>>, ProbeError> {
 /// Parses a `/load` body: a CPU percentage from 0 to 100, surrounding whitespace allowed
 /// (`12.3`, `12.3\n`, `7`). Anything else, including values outside 0-100, is rejected:
 /// a backend that reports an impossible load is not believed.
-pub fn parse_load(body: &[u8]) -> Result<f32, ProbeError> {
+pub(crate) fn parse_load(body: &[u8]) -> Result<f32, ProbeError> {
     const LONGEST: usize = 32;
     let text = std::str::from_utf8(body)
         .map_err(|_| ProbeError::BadLoad("not text".into()))?

@@ -43,6 +43,8 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A candidate with `weight` (0: drained, so unavailable) and `active` connections,
+    /// without a load reading.
     pub fn new(weight: u32, active: u64) -> Self {
         Candidate {
             weight,
@@ -53,6 +55,8 @@ impl Candidate {
         }
     }
 
+    /// The same candidate with a load reading (CPU percent, 0-100) and the connections sent
+    /// to it since that reading.
     pub fn with_load(self, load: Option<f32>, recent: u64) -> Self {
         Candidate {
             load,
@@ -65,8 +69,11 @@ impl Candidate {
 /// A read-only view of the candidates, so the live backend list can be offered to a selector
 /// without copying it into a vector on every pick.
 pub trait Candidates {
+    /// How many candidates there are; indices run from 0 to `len() - 1`.
     fn len(&self) -> usize;
+    /// The candidate at `index` (which is below `len()`), as seen now.
     fn get(&self, index: usize) -> Candidate;
+    /// Whether there are no candidates at all.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

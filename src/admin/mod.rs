@@ -49,14 +49,14 @@ use api::*;
 use auth::*;
 use chart::*;
 use metrics::*;
-pub use status::*;
+pub(crate) use status::*;
 
 /// How often the chart's history takes a sample of every backend's active connections.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Samples kept: ten minutes at one sample every two seconds.
-pub const HISTORY_LEN: usize = 300;
+pub(crate) const HISTORY_LEN: usize = 300;
 /// Admin connections served at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
@@ -76,11 +76,15 @@ const PAGE_SLOT: &str = "__STATUS__";
 /// own task so that it outlives the admin listener (a reload that moves the listener keeps
 /// the last ten minutes).
 #[derive(Clone, Debug)]
-pub struct Chart(Arc<Mutex<History>>);
+pub(crate) struct Chart(Arc<Mutex<History>>);
 
 impl Chart {
     /// Starts sampling `balancer` on `tasks` until `stop` is cancelled.
-    pub fn start(balancer: &Arc<Balancer>, tasks: &TaskTracker, stop: CancellationToken) -> Chart {
+    pub(crate) fn start(
+        balancer: &Arc<Balancer>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Chart {
         let history = Arc::new(Mutex::new(History::new(HISTORY_LEN)));
         tasks.spawn(sample_history(
             Arc::clone(balancer),
@@ -93,7 +97,7 @@ impl Chart {
 
 /// Serves the admin endpoints on `listener`, with `chart`'s history, until `stop` is
 /// cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     balancer: Arc<Balancer>,
     chart: Chart,

@@ -10,7 +10,7 @@ use super::*;
 
 /// `GET /api/status`, and the data behind the page.
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub version: &'static str,
     pub uptime_seconds: f64,
     /// The configured listen address.
@@ -22,7 +22,7 @@ pub struct Status {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TotalsStatus {
+pub(crate) struct TotalsStatus {
     /// Client connections accepted since start.
     pub accepted: u64,
     /// Clients closed because no backend could take them.
@@ -34,7 +34,7 @@ pub struct TotalsStatus {
 /// How a backend stands for new connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Healthy and taking connections.
     Up,
     /// Failed its health checks.
@@ -46,7 +46,7 @@ pub enum State {
 }
 
 #[derive(Debug, Serialize)]
-pub struct BackendStatus {
+pub(crate) struct BackendStatus {
     pub name: String,
     pub addr: String,
     pub state: State,
@@ -72,7 +72,7 @@ pub struct BackendStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct CheckStatus {
+pub(crate) struct CheckStatus {
     pub ok: bool,
     /// Why it failed; empty when it passed.
     pub detail: String,
@@ -80,7 +80,7 @@ pub struct CheckStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct HistoryStatus {
+pub(crate) struct HistoryStatus {
     pub interval_seconds: f64,
     /// How many samples are kept at most.
     pub capacity: usize,
@@ -91,7 +91,7 @@ pub struct HistoryStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct SeriesStatus {
+pub(crate) struct SeriesStatus {
     pub backend: String,
     pub active: Vec<Option<u64>>,
 }

@@ -3,25 +3,36 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// Why a configuration was refused. Displayed for humans as
+/// `PATH:LINE:COL: what was expected` (or `PATH: ...` where no position applies); the
+/// binaries exit 1 on it.
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read.
     Read {
+        /// The file asked for.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
     /// The text is not a valid configuration at `line:col`.
     Syntax {
+        /// The file.
         path: PathBuf,
+        /// 1-based line of the fault.
         line: usize,
+        /// 1-based column of the fault.
         col: usize,
+        /// What was expected there.
         message: String,
     },
     /// The text parsed but describes an unusable balancer.
     Invalid {
+        /// The file.
         path: PathBuf,
         /// Where the offending value starts, when it can be located.
         position: Option<(usize, usize)>,
+        /// What is wrong and what was expected.
         message: String,
     },
 }

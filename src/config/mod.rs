@@ -41,15 +41,23 @@ pub const DEFAULT_LOAD_PATH: &str = "/load";
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The address clients connect to.
     pub listen: SocketAddr,
+    /// How a backend is picked for each connection.
     pub algorithm: Algorithm,
     /// Accept loops, each on its own thread with its own runtime (default: one per CPU).
     pub workers: usize,
+    /// The backends, in configuration order (at least one, names unique).
     pub backends: Vec<BackendConfig>,
+    /// Connect, idle, half-close and shutdown-grace limits.
     pub timeouts: Timeouts,
+    /// Connection limits and the queue for full backends.
     pub limits: Limits,
+    /// How bytes are moved: copying or splicing.
     pub relay: RelayConfig,
+    /// Active health checks (defaults for every backend).
     pub health: HealthConfig,
+    /// The `/load` poller of `WorkloadSensitive` mode.
     pub load_poll: LoadPollConfig,
     /// Where the admin listener (status page, metrics, runtime API) binds; off when `None`.
     pub admin: Option<SocketAddr>,
@@ -62,8 +70,11 @@ pub struct Config {
 /// Level of the access log; `Off` silences it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum AccessLog {
+    /// No access lines.
     Off,
+    /// Access lines at debug level (shown with `RUST_LOG=debug`).
     Debug,
+    /// Access lines at info level, shown by default.
     #[default]
     Info,
 }
@@ -71,6 +82,7 @@ pub enum AccessLog {
 /// How bytes are moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
+    /// When a direction splices instead of copying.
     pub splice: Splice,
     /// Pipes (two descriptors each) that splicing may use at once; beyond it, copy.
     pub max_pipes: usize,
@@ -89,6 +101,7 @@ impl Default for RelayConfig {
     }
 }
 
+/// How many clients ballast serves at once, and how it queues them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Concurrent client connections; at the limit ballast stops accepting and new clients
@@ -110,9 +123,12 @@ impl Default for Limits {
     }
 }
 
+/// One configured backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
+    /// Its name: unique, shown in logs, metrics and the status page.
     pub name: String,
+    /// Where its clients' connections go.
     pub addr: SocketAddr,
     /// 0 means drained: the backend takes no new connections.
     pub weight: u32,
@@ -135,10 +151,14 @@ pub enum Check {
     Http(String),
 }
 
+/// Active health checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
+    /// The check, unless a backend sets its own.
     pub check: Check,
+    /// Time between two checks of one backend (jittered down to three quarters of it).
     pub interval: Duration,
+    /// How long one check may take.
     pub timeout: Duration,
     /// Consecutive passed checks that bring a down backend back.
     pub rise: u32,
@@ -159,9 +179,12 @@ impl Default for HealthConfig {
     }
 }
 
+/// The `/load` poller of `WorkloadSensitive` mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadPollConfig {
+    /// Time between two polls of one backend (jittered down to three quarters of it).
     pub interval: Duration,
+    /// How long one poll may take.
     pub timeout: Duration,
 }
 
@@ -169,6 +192,8 @@ impl LoadPollConfig {
     /// A reading older than this many intervals is stale and no longer used.
     pub const STALE_AFTER_INTERVALS: u32 = 3;
 
+    /// The age at which a reading is no longer used: [`Self::STALE_AFTER_INTERVALS`]
+    /// intervals.
     pub fn stale_after(&self) -> Duration {
         self.interval * Self::STALE_AFTER_INTERVALS
     }
@@ -183,11 +208,16 @@ impl Default for LoadPollConfig {
     }
 }
 
+/// Time limits (see the README's Timeouts section).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Each attempt to reach a backend; past it the client fails over.
     pub connect: Duration,
+    /// A connection on which nothing moves either way for this long is closed.
     pub idle: Duration,
+    /// Once one side has finished sending, the other may go this long without a byte.
     pub half_close: Duration,
+    /// At shutdown, open connections get this long to finish before they are reset.
     pub grace: Duration,
 }
 
@@ -204,6 +234,11 @@ impl Default for Timeouts {
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Syntax`] when it is
+    /// not RON of the expected shape (with line and column), [`ConfigError::Invalid`] when a
+    /// value breaks a rule (with line and column where it can be located).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -213,6 +248,9 @@ impl Config {
     }
 
     /// Parses and validates configuration `text`; `path` is used in error messages only.
+    ///
+    /// # Errors
+    /// As [`Config::load`], except that nothing is read.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let ron_options = ron::Options::default()
             .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);

@@ -32,8 +32,8 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-pub use request::*;
-pub use response::*;
+pub(crate) use request::*;
+pub(crate) use response::*;
 
 /// How long a connection we are closing keeps draining the client's input, so the last
 /// response is not lost to a reset.
@@ -43,7 +43,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// listener share: each request goes to `respond`, whose reply is written with keep-alive
 /// as HTTP/1.1 defines it, until the client closes or asks to, or `max_requests` have been
 /// answered. A malformed request gets `on_error(status, why)` and the connection closes.
-pub async fn serve_requests<R, Fut>(
+pub(crate) async fn serve_requests<R, Fut>(
     mut stream: tokio::net::TcpStream,
     limits: &Limits,
     max_requests: Option<u64>,

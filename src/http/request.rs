@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// Resource bounds applied while reading one request.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Maximum size of the request head in bytes, line terminators included.
     pub max_head_bytes: usize,
     /// Maximum `Content-Length` accepted; the body is read and discarded.
@@ -38,14 +38,14 @@ impl Default for Limits {
 
 /// The HTTP versions we speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
+pub(crate) enum Version {
     Http10,
     Http11,
 }
 
 /// A parsed request head. The body, if any, has already been consumed and discarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub method: String,
     pub target: String,
     pub version: Version,
@@ -55,7 +55,7 @@ pub struct Request {
 
 impl Request {
     /// First value of header `name`, compared case-insensitively.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -64,7 +64,7 @@ impl Request {
 
     /// Whether any `name` header carries `token` in its comma-separated list
     /// (`Connection: keep-alive, Upgrade`), case-insensitively.
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -75,7 +75,7 @@ impl Request {
     /// Path part of the target, without the query. Absolute-form targets
     /// (`http://host/path`) are reduced to their path, as RFC 9112 §3.2.2 requires servers to
     /// accept them.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         let t = self.target.as_str();
         let t = match t.find("://") {
             Some(i) if !t.starts_with('/') => {
@@ -95,7 +95,7 @@ impl Request {
 
     /// Persistence per RFC 9112 §9.3: HTTP/1.1 keeps the connection unless `Connection: close`;
     /// HTTP/1.0 closes unless the client asked for `Connection: keep-alive`.
-    pub fn wants_keep_alive(&self) -> bool {
+    pub(crate) fn wants_keep_alive(&self) -> bool {
         if self.has_token("connection", "close") {
             return false;
         }
@@ -108,7 +108,7 @@ impl Request {
 
 /// Why a request could not be read. See [`HttpError::status`] for what to answer.
 #[derive(Debug)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// Malformed request; the message says what was wrong (for logs, not for the peer).
     BadRequest(&'static str),
     HeadTooLarge,
@@ -126,7 +126,7 @@ pub enum HttpError {
 impl HttpError {
     /// Status to send before closing, or `None` when the peer is gone or too slow and the
     /// connection should simply be dropped.
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             HttpError::BadRequest(_) => Some(400),
             HttpError::HeadTooLarge => Some(431),
@@ -173,7 +173,7 @@ impl From<io::Error> for HttpError {
 ///
 /// The reader must be the same buffered reader for the whole connection: it may hold bytes of
 /// the next pipelined request when this returns.
-pub async fn read_request(
+pub(crate) async fn read_request(
     reader: &mut (impl AsyncBufRead + Unpin),
     limits: &Limits,
 ) -> Result<Option<Request>, HttpError> {
@@ -379,7 +379,7 @@ fn body_length(request: &Request, limits: &Limits) -> Result<u64, HttpError> {
 /// Call it after shutting down the write half when the server decides to close: closing a
 /// socket that still has unread input makes the kernel send RST, and an RST can destroy the
 /// response (say, the 431) before the client has read it.
-pub async fn discard_input(
+pub(crate) async fn discard_input(
     reader: &mut (impl AsyncRead + Unpin),
     max_bytes: u64,
     timeout: Duration,

@@ -7,7 +7,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// A complete response. Extra header names and values come from the server, never from the
 /// peer, so they are written verbatim.
 #[derive(Debug, Clone)]
-pub struct Response<'a> {
+pub(crate) struct Response<'a> {
     pub status: u16,
     pub content_type: &'a str,
     pub body: &'a [u8],
@@ -21,7 +21,7 @@ pub struct Response<'a> {
 
 impl Response<'_> {
     /// The wire bytes, so the response goes out in a single write.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
             self.status,
@@ -50,14 +50,14 @@ impl Response<'_> {
         out
     }
 
-    pub async fn write_to(&self, writer: &mut (impl AsyncWrite + Unpin)) -> io::Result<()> {
+    pub(crate) async fn write_to(&self, writer: &mut (impl AsyncWrite + Unpin)) -> io::Result<()> {
         writer.write_all(&self.encode()).await?;
         writer.flush().await
     }
 }
 
 /// Writes a complete response with the usual headers in one write.
-pub async fn write_response(
+pub(crate) async fn write_response(
     writer: &mut (impl AsyncWrite + Unpin),
     status: u16,
     content_type: &str,
@@ -77,7 +77,7 @@ pub async fn write_response(
 }
 
 /// Standard reason phrase; empty (which the grammar allows) for codes we never send.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
@@ -97,7 +97,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// The answer to one request, as a responder builds it for [`serve_requests`](super::serve_requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -105,7 +105,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+    pub(crate) fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
         Reply {
             status,
             content_type,
@@ -114,7 +114,10 @@ impl Reply {
         }
     }
 
-    pub fn with_headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Reply {
+    pub(crate) fn with_headers(
+        mut self,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> Reply {
         self.headers = headers;
         self
     }

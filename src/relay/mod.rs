@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 mod direction;
 mod pool;
-pub mod zero_copy;
+pub(crate) mod zero_copy;
 
 use direction::Direction;
 
 /// Time limits and copy strategy of one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub idle: Duration,
     pub half_close: Duration,
     pub splice: Splice,
@@ -50,13 +50,13 @@ pub enum Splice {
 
 /// Bytes moved by a relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     pub client_to_backend: u64,
     pub backend_to_client: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Client,
     Backend,
 }
@@ -72,7 +72,7 @@ impl fmt::Display for Side {
 
 /// How a relay ended.
 #[derive(Debug)]
-pub enum End {
+pub(crate) enum End {
     /// Both directions finished; `first` is the side that closed first.
     Closed { first: Side },
     /// No byte moved either way for the idle limit.
@@ -109,31 +109,31 @@ impl fmt::Display for End {
 /// worker, while the flag is a cache line that changes once and so stays in every core's
 /// cache.
 #[derive(Debug, Default)]
-pub struct StopSignal {
+pub(crate) struct StopSignal {
     raised: AtomicBool,
     token: CancellationToken,
 }
 
 impl StopSignal {
-    pub fn raise(&self) {
+    pub(crate) fn raise(&self) {
         // The flag first: a relay woken by the token must find it set.
         self.raised.store(true, Ordering::Release);
         self.token.cancel();
     }
 
-    pub fn is_raised(&self) -> bool {
+    pub(crate) fn is_raised(&self) -> bool {
         self.raised.load(Ordering::Acquire)
     }
 
     /// Completes once the signal is raised.
-    pub async fn raised(&self) {
+    pub(crate) async fn raised(&self) {
         self.token.cancelled().await;
     }
 }
 
 /// Relays between `client` and `backend` until both directions have seen EOF, a limit
 /// expires, either side fails or `stop` is raised. Returns what was moved and how it ended.
-pub async fn relay(
+pub(crate) async fn relay(
     client: TcpStream,
     backend: TcpStream,
     limits: &Limits,
@@ -313,7 +313,7 @@ fn half_close_deadline(closed_at: Instant, clock: &Activity, limits: &Limits) ->
 /// Running byte counts that outlive one connection (a backend's), fed as bytes move so that
 /// long-lived connections show up in the statistics before they end.
 #[derive(Clone, Copy, Debug)]
-pub struct Totals<'a> {
+pub(crate) struct Totals<'a> {
     pub to_backend: &'a AtomicU64,
     pub to_client: &'a AtomicU64,
 }
@@ -392,12 +392,12 @@ impl Side {
 /// takes more from the source only as the destination really accepts bytes, and the bytes
 /// in flight are still bounded by the peer's window alone, so throughput is unchanged
 /// (measured with iperf3 both ways, 1 MiB pipes: within noise).
-pub const UNSENT_LIMIT: u32 = 128 * 1024;
+pub(crate) const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// Applies [`UNSENT_LIMIT`] to `socket`. Listening sockets get it too: accepted sockets
 /// inherit it, which saves a system call per client. Best effort: a kernel without
 /// `TCP_NOTSENT_LOWAT` relays as before.
-pub fn limit_unsent(socket: impl std::os::fd::AsFd) {
+pub(crate) fn limit_unsent(socket: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(UNSENT_LIMIT);
 }
 

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 /// Bytes per buffer: large enough that bulk transfers take few system calls.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+pub(super) const BUFFER_SIZE: usize = 16 * 1024;
 /// Buffers kept for reuse per thread; beyond this they are freed.
 const KEPT: usize = 16;
 
@@ -12,13 +12,13 @@ thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn take() -> Box<[u8]> {
+pub(super) fn take() -> Box<[u8]> {
     FREE.with(|free| free.borrow_mut().pop())
         .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
 }
 
 /// Keeps `buf` for reuse if it is a pool buffer (not one sized for a pipe's contents).
-pub fn give(buf: Box<[u8]>) {
+pub(super) fn give(buf: Box<[u8]>) {
     FREE.with(|free| {
         let mut free = free.borrow_mut();
         if free.len() < KEPT && buf.len() == BUFFER_SIZE {

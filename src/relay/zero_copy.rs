@@ -15,13 +15,13 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
 /// The pipe size asked for by default, in bytes.
-pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
+pub(crate) const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 /// Bytes asked of a direction's first splice; each splice that is filled whole doubles
 /// the next, up to the pipe's size. Receive-buffer autotuning sizes a socket's window
 /// from how much the reader takes at once: a first 1 MiB splice from a fresh socket let
 /// it open the window to `tcp_rmem`'s maximum (32 MiB here), and a reader that then
 /// stalled left that much parked in the kernel.
-pub const FIRST_SPLICE: usize = 64 * 1024;
+pub(crate) const FIRST_SPLICE: usize = 64 * 1024;
 /// Empty pipes kept per thread for reuse.
 const KEPT: usize = 32;
 
@@ -37,18 +37,13 @@ thread_local! {
 }
 
 /// Sets the process-wide limit on pipes.
-pub fn set_max_pipes(max: usize) {
+pub(crate) fn set_max_pipes(max: usize) {
     MAX_PIPES.store(max, Ordering::Relaxed);
-}
-
-/// Pipes that exist now, pooled or in use.
-pub fn pipes() -> usize {
-    PIPES.load(Ordering::Relaxed)
 }
 
 /// Whether `e` says `splice(2)` cannot work on these descriptors at all (rather than
 /// that a socket failed): the caller copies instead.
-pub fn unsupported(e: &io::Error) -> bool {
+pub(crate) fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error().map(Errno::from_raw),
         Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::ESPIPE | Errno::EBADF)
@@ -57,7 +52,7 @@ pub fn unsupported(e: &io::Error) -> bool {
 
 /// Why [`Pipe::take`] gave no pipe.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NoPipe {
+pub(crate) enum NoPipe {
     /// `max_pipes` are in use, or the system is out of descriptors for now: copy this
     /// time, try again later.
     AtLimit,
@@ -67,7 +62,7 @@ pub enum NoPipe {
 }
 
 /// A pipe and the byte count it can hold.
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes, as granted; 32 bits keep a pipe, and so every relay's state, small.
@@ -81,7 +76,7 @@ impl Pipe {
     /// # Errors
     /// [`NoPipe::AtLimit`] at `max_pipes` or when `pipe2` fails; [`NoPipe::Unusable`]
     /// when the kernel grants less than both `size` and a copy buffer.
-    pub fn take(size: usize) -> Result<Pipe, NoPipe> {
+    pub(crate) fn take(size: usize) -> Result<Pipe, NoPipe> {
         let pooled = FREE.with(|free| free.borrow_mut().pop());
         let mut pipe = match pooled {
             Some(pipe) => pipe,
@@ -134,7 +129,7 @@ impl Pipe {
     }
 
     /// Returns an empty pipe to the pool.
-    pub fn give_back(self) {
+    pub(crate) fn give_back(self) {
         FREE.with(|free| {
             let mut free = free.borrow_mut();
             if free.len() < KEPT {
@@ -144,7 +139,7 @@ impl Pipe {
     }
 
     /// Splices from `socket` into the (empty) pipe, at most its capacity.
-    pub fn fill_from(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
+    pub(crate) fn fill_from(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         splice(
             socket,
@@ -158,12 +153,12 @@ impl Pipe {
     }
 
     /// Bytes the pipe can hold, as granted by the kernel.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity as usize
     }
 
     /// Splices up to `len` bytes from the pipe into `socket`.
-    pub fn drain_to(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
+    pub(crate) fn drain_to(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         splice(&self.read, None, socket, None, len, flags).map_err(io::Error::from)
     }
@@ -172,7 +167,7 @@ impl Pipe {
     ///
     /// # Errors
     /// The pipe's read error, or `UnexpectedEof` if it holds fewer than `len` bytes.
-    pub fn unload(&self, len: usize) -> io::Result<Box<[u8]>> {
+    pub(crate) fn unload(&self, len: usize) -> io::Result<Box<[u8]>> {
         let mut bytes = vec![0u8; len].into_boxed_slice();
         let mut filled = 0;
         while filled < len {

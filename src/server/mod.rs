@@ -37,6 +37,9 @@ use crate::balancer::Balancer;
 use accept::accept_loop;
 
 /// Serves `listener` with `config` until `shutdown` completes; see [`run_with_reloads`].
+///
+/// # Errors
+/// As [`run_with_reloads`].
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -119,6 +122,12 @@ impl Acceptors {
 /// the others on threads of their own, each with a single-threaded runtime and its own
 /// `SO_REUSEPORT` socket. A connection lives on one thread from accept to close (nginx's
 /// worker model), so no wake-up crosses threads.
+///
+/// # Errors
+/// Only at start: the listener's address cannot be read or its options set, a worker
+/// thread cannot be started, or the admin listener cannot bind its address. Failures after
+/// that (accept errors, backends, an admin address a reload cannot bind) are logged and
+/// served around, never returned.
 pub async fn run_with_reloads(
     config: Config,
     listener: TcpListener,

@@ -18,25 +18,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Upper bound for any single wait in a test, so a bug fails the test instead of hanging it.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-pub const BALLAST: &str = env!("CARGO_BIN_EXE_ballast");
-pub const BACKEND: &str = env!("CARGO_BIN_EXE_ballast-backend");
+pub(crate) const BALLAST: &str = env!("CARGO_BIN_EXE_ballast");
+pub(crate) const BACKEND: &str = env!("CARGO_BIN_EXE_ballast-backend");
 
 /// A child process killed (and reaped) when dropped, so a failing assertion leaks nothing.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
 }
 
 impl Proc {
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Sends a signal by name (`TERM`, `INT`, `HUP`) with the shell's built-in `kill`, which
     /// every machine has even without procps.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!("kill -{name} {}", self.child.id()))
@@ -46,7 +46,7 @@ impl Proc {
     }
 
     /// Waits for the process to exit by itself, within `WAIT`.
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -69,12 +69,12 @@ impl Drop for Proc {
 
 /// Lines a child wrote to one of its streams, collected by a reader thread.
 #[derive(Clone, Default)]
-pub struct Lines {
+pub(crate) struct Lines {
     inner: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
 impl Lines {
-    pub fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
+    pub(crate) fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         std::thread::spawn(move || {
@@ -88,12 +88,12 @@ impl Lines {
         lines
     }
 
-    pub fn snapshot(&self) -> Vec<String> {
+    pub(crate) fn snapshot(&self) -> Vec<String> {
         self.inner.0.lock().expect("lines lock").clone()
     }
 
     /// Waits until at least `count` lines satisfy `pred`; returns the first of them.
-    pub fn wait_for(&self, count: usize, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&self, count: usize, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
         let (store, signal) = &*self.inner;
         let mut lines = store.lock().expect("lines lock");
@@ -115,7 +115,7 @@ impl Lines {
         }
     }
 
-    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+    pub(crate) fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.snapshot().iter().filter(|l| pred(l)).count()
     }
 }
@@ -132,12 +132,12 @@ fn listening_addr(line: &str) -> SocketAddr {
 }
 
 /// A unique scratch directory under the target dir, removed on drop.
-pub struct TempDir {
+pub(crate) struct TempDir {
     pub path: PathBuf,
 }
 
 impl TempDir {
-    pub fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "ballast-test-{}-{}",
@@ -148,7 +148,7 @@ impl TempDir {
         TempDir { path }
     }
 
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.path.join(name);
         std::fs::write(&path, contents).expect("write temp file");
         path
@@ -163,13 +163,13 @@ impl Drop for TempDir {
 
 /// A configuration with the given algorithm and `(name, addr, weight)` backends, listening on
 /// an ephemeral loopback port.
-pub fn config(algorithm: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
+pub(crate) fn config(algorithm: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
     config_with(algorithm, backends, "")
 }
 
 /// Like [`config`], with `sections` (such as `health: (interval: "1h"),`) added at the top
 /// level.
-pub fn config_with(
+pub(crate) fn config_with(
     algorithm: &str,
     backends: &[(&str, SocketAddr, u32)],
     sections: &str,
@@ -187,7 +187,7 @@ pub fn config_with(
 }
 
 /// A running `ballast` process with its log.
-pub struct Balancer {
+pub(crate) struct Balancer {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub log: Lines,
@@ -197,13 +197,13 @@ pub struct Balancer {
 
 impl Balancer {
     /// Starts `ballast` on `config_text` (debug logging) and waits until it listens.
-    pub fn start(config_text: &str) -> Balancer {
+    pub(crate) fn start(config_text: &str) -> Balancer {
         Balancer::start_in(config_text, Command::new(BALLAST))
     }
 
     /// Starts `command` (which must end up running `ballast`, e.g. through a shell that sets
     /// limits first) with `--config FILE` appended.
-    pub fn start_in(config_text: &str, mut command: Command) -> Balancer {
+    pub(crate) fn start_in(config_text: &str, mut command: Command) -> Balancer {
         let dir = TempDir::new();
         let path = dir.write("balancer.ron", config_text);
         let mut child = command
@@ -229,7 +229,7 @@ impl Balancer {
 
     /// Rewrites the configuration file, sends SIGHUP and waits for the verdict; returns the
     /// log line that accepted (`reloaded: ...`) or rejected (`reload rejected: ...`) it.
-    pub fn reload(&self, config_text: &str) -> String {
+    pub(crate) fn reload(&self, config_text: &str) -> String {
         let verdict =
             |l: &str| l.contains("reloaded: listening on") || l.contains("reload rejected");
         let before = self.log.count(verdict);
@@ -245,7 +245,7 @@ impl Balancer {
     }
 
     /// Waits until the balancer has logged `count` finished connections to backend `name`.
-    pub fn wait_finished(&self, name: &str, count: usize) {
+    pub(crate) fn wait_finished(&self, name: &str, count: usize) {
         let needle = format!(" -> {name} (");
         self.log.wait_for(count, |l| l.contains(&needle));
     }
@@ -254,7 +254,7 @@ impl Balancer {
 /// ballast served inside the test process through `server::run` (no process spawned), for
 /// tests of the accept, pick and relay path that need no signal, exit code or log line.
 /// Stops when dropped.
-pub struct InProcess {
+pub(crate) struct InProcess {
     pub addr: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -262,7 +262,7 @@ pub struct InProcess {
 impl InProcess {
     /// Starts ballast on `config_text`, listening on an ephemeral loopback port. The port is
     /// bound before this returns, so clients may connect at once.
-    pub async fn start(config_text: &str) -> InProcess {
+    pub(crate) async fn start(config_text: &str) -> InProcess {
         let config = ballast::config::Config::parse(config_text, std::path::Path::new("test.ron"))
             .unwrap_or_else(|e| panic!("bad test configuration: {e}"));
         let listener =
@@ -277,19 +277,19 @@ impl InProcess {
 }
 
 /// A running `ballast-backend` process.
-pub struct DemoBackend {
+pub(crate) struct DemoBackend {
     pub proc: Proc,
     pub addr: SocketAddr,
 }
 
 impl DemoBackend {
-    pub fn start(id: &str, extra: &[&str]) -> DemoBackend {
+    pub(crate) fn start(id: &str, extra: &[&str]) -> DemoBackend {
         DemoBackend::start_with(&["--id", id], extra, &[])
     }
 
     /// Starts `ballast-backend --listen 127.0.0.1:0 ARGS... EXTRA...` with `env` set and
     /// `NAME` unset unless given, and waits for its readiness line.
-    pub fn start_with(args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> DemoBackend {
+    pub(crate) fn start_with(args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> DemoBackend {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         all.extend_from_slice(extra);
@@ -299,7 +299,7 @@ impl DemoBackend {
     /// Starts `ballast-backend ARGS...` (which must include `--listen`) with `env` set and
     /// `NAME` unset unless given, and waits for its readiness line, which must be exactly
     /// `listening on ADDR`.
-    pub fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> DemoBackend {
+    pub(crate) fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> DemoBackend {
         let (proc, mut ready) = spawn_backend_process(args, env, 1);
         let (addr, name) = ready.remove(0);
         assert_eq!(name, None, "--listen announces no name");
@@ -308,7 +308,7 @@ impl DemoBackend {
 }
 
 /// A running `ballast-backend --config FILE`: one listener per backend of the file.
-pub struct DemoBackends {
+pub(crate) struct DemoBackends {
     pub proc: Proc,
     /// Each backend's name and the address its listener got, in the file's order.
     pub listeners: Vec<(String, SocketAddr)>,
@@ -317,7 +317,7 @@ pub struct DemoBackends {
 impl DemoBackends {
     /// Starts `ballast-backend --config CONFIG EXTRA...` (`NAME` unset) and waits for the
     /// readiness lines of its `count` listeners.
-    pub fn start(config: &Path, count: usize, extra: &[&str]) -> DemoBackends {
+    pub(crate) fn start(config: &Path, count: usize, extra: &[&str]) -> DemoBackends {
         let config = config.to_str().expect("UTF-8 path");
         let mut args = vec!["--config", config];
         args.extend_from_slice(extra);
@@ -330,7 +330,7 @@ impl DemoBackends {
     }
 
     /// The address of the listener for backend `name`.
-    pub fn addr(&self, name: &str) -> SocketAddr {
+    pub(crate) fn addr(&self, name: &str) -> SocketAddr {
         self.listeners
             .iter()
             .find(|(n, _)| n == name)
@@ -377,14 +377,14 @@ fn spawn_backend_process(
 }
 
 /// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
-pub fn run_ballast(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run_ballast(args: &[&str]) -> (i32, String, String) {
     run(BALLAST, args)
 }
 
 /// Runs `program` with `args` to completion (these commands exit at once, so no time limit
 /// beyond the test's own); returns (exit code, or -1 if killed by a signal, stdout, stderr).
 /// The arguments need not be UTF-8.
-pub fn run<A: AsRef<OsStr>>(program: &str, args: &[A]) -> (i32, String, String) {
+pub(crate) fn run<A: AsRef<OsStr>>(program: &str, args: &[A]) -> (i32, String, String) {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -398,23 +398,23 @@ pub fn run<A: AsRef<OsStr>>(program: &str, args: &[A]) -> (i32, String, String) 
 }
 
 /// An address on which nothing listens: connecting to it is refused.
-pub fn refusing_addr() -> SocketAddr {
+pub(crate) fn refusing_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
 
 /// Sections for tests whose backend accepts exactly one connection: health probes would
 /// take that accept, so they are pushed far beyond the test's life.
-pub const NO_PROBES: &str = "health: (interval: \"1h\"),";
+pub(crate) const NO_PROBES: &str = "health: (interval: \"1h\"),";
 
 /// Binds an ephemeral loopback listener.
-pub async fn listener() -> TcpListener {
+pub(crate) async fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
 /// A test backend: binds an ephemeral loopback listener and runs `handle` on every
 /// connection it accepts, each in its own task. Returns the address.
-pub async fn spawn_backend<F, Fut>(handle: F) -> SocketAddr
+pub(crate) async fn spawn_backend<F, Fut>(handle: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -431,7 +431,7 @@ where
 
 /// A backend that greets every connection with `name`, then closes once the client has
 /// closed its side.
-pub async fn named_backend(name: &'static str) -> SocketAddr {
+pub(crate) async fn named_backend(name: &'static str) -> SocketAddr {
     spawn_backend(move |mut s| async move {
         if s.write_all(name.as_bytes()).await.is_ok() && s.shutdown().await.is_ok() {
             let mut sink = [0u8; 64];
@@ -442,7 +442,7 @@ pub async fn named_backend(name: &'static str) -> SocketAddr {
 }
 
 /// Echoes everything `s` sends and closes its side when the client closes its side.
-pub async fn echo(mut s: TcpStream) {
+pub(crate) async fn echo(mut s: TcpStream) {
     let (mut r, mut w) = s.split();
     if tokio::io::copy(&mut r, &mut w).await.is_ok() {
         let _ = w.shutdown().await;
@@ -450,24 +450,24 @@ pub async fn echo(mut s: TcpStream) {
 }
 
 /// A backend that runs [`echo`] on every connection.
-pub async fn echo_backend() -> SocketAddr {
+pub(crate) async fn echo_backend() -> SocketAddr {
     spawn_backend(echo).await
 }
 
 /// Connects through `addr`, reads everything until EOF and returns it as text.
-pub async fn read_all(addr: SocketAddr) -> String {
+pub(crate) async fn read_all(addr: SocketAddr) -> String {
     let mut s = connect(addr).await;
     let mut out = Vec::new();
     within(s.read_to_end(&mut out)).await.expect("read");
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub async fn connect(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
     within(TcpStream::connect(addr)).await.expect("connect")
 }
 
 /// Sends one HTTP/1.1 request with `Connection: close` and returns the whole response.
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = connect(addr).await;
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     within(s.write_all(request.as_bytes()))
@@ -479,14 +479,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 /// Awaits `f`, failing the test if it takes longer than `WAIT`.
-pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(WAIT, f)
         .await
         .unwrap_or_else(|_| panic!("timed out after {WAIT:?}"))
 }
 
 /// Counts how many times each name appears.
-pub fn tally(names: &[String]) -> std::collections::BTreeMap<String, usize> {
+pub(crate) fn tally(names: &[String]) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for n in names {
         *counts.entry(n.clone()).or_insert(0) += 1;
@@ -495,7 +495,7 @@ pub fn tally(names: &[String]) -> std::collections::BTreeMap<String, usize> {
 }
 
 /// Sends `data` through the balancer to an echo backend and returns what comes back.
-pub async fn echo_through(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
+pub(crate) async fn echo_through(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
     let s = connect(addr).await;
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
@@ -509,7 +509,7 @@ pub async fn echo_through(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> 
 }
 
 /// Deterministic bytes that are not a short repeating pattern.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -523,7 +523,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// One parsed HTTP response, as the tests that speak HTTP read it.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -531,7 +531,7 @@ pub struct Reply {
 
 impl Reply {
     /// The first header called `name`, whatever its case.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
