@@ -11,33 +11,34 @@
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
 //!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
 //!   queue) and one connection's `session` (relay and access line).
-//! - [`admin`]: the admin listener, in `admin/`: `api` (connections, routing, runtime API),
+//! - `admin`: the admin listener, in `admin/`: `api` (connections, routing, runtime API),
 //!   `auth` (the token), `chart` (the history ring), `status` (JSON and page), `metrics`
 //!   (Prometheus text).
 //! - [`demo`]: the demo backend served by the `ballast-backend` binary: its listeners (one,
 //!   or one per backend of a configuration) and the two pages.
-//! - [`monitor`]: background health checks and `/load` pollers that feed the backends' state.
-//! - [`balancer`]: the live state the server and the admin listener share: the snapshot
+//! - `monitor`: background health checks and `/load` pollers that feed the backends' state.
+//! - `balancer`: the live state the server and the admin listener share: the snapshot
 //!   swapped whole on reload, the candidate view a selector picks from, the totals.
-//! - [`backend`]: the live, shared counters of one backend and the RAII guard that keeps the
+//! - `backend`: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
-//! - [`relay`]: moves bytes both ways between client and backend, preserving half-close; in
+//! - `relay`: moves bytes both ways between client and backend, preserving half-close; in
 //!   `relay/`: one `direction`, `zero_copy` (splice through pooled pipes) and the buffer
 //!   `pool`.
-//! - [`probe`]: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time (the
+//! - `probe`: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time (the
 //!   health check reads the response head only), and the `/load` body parser.
-//! - [`http`]: the minimal HTTP/1.1 server code the demo backend and the admin listener share
-//!   (no framework): `request` reading, `response` writing, the request loop.
+//! - `http`: the minimal HTTP/1.1 server code the demo backend and the admin listener share
+//!   (no framework; `httparse` reads request heads): `request` reading, `response` writing,
+//!   the request loop.
 //! - [`listener`]: listening sockets for both binaries (`SO_REUSEADDR`, `SO_REUSEPORT`, a
 //!   deep backlog) and the back-off after a failed `accept`.
-//! - [`fault`]: whose fault a failed socket operation is, the peer's or ballast's own: the one
+//! - `fault`: whose fault a failed socket operation is, the peer's or ballast's own: the one
 //!   rule the relay, the health checks and the load poller share.
 //! - [`config`]: reads `balancer.ron` into `raw` serde types, then validates them into domain
 //!   types ([`config::Config`]); its `error`s name the file, line:column and what was
 //!   expected.
 //! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
 //!   candidates (weight, active connections, load, availability) and returns an index.
-//! - [`health`]: the pure up/down state machine driven by check results (rise and fall).
+//! - `health`: the pure up/down state machine driven by check results (rise and fall).
 
 #![forbid(unsafe_code)]
 

@@ -57,9 +57,9 @@ pub(crate) fn bind_worker(addr: SocketAddr) -> io::Result<std::net::TcpListener>
 }
 
 /// Accept errors are either per-connection (the client gave up before we accepted it) or
-/// ballast's own shortage ([`Fault::Ours`]: out of file descriptors or memory), where
+/// ballast's own shortage (`Fault::Ours`: out of file descriptors or memory), where
 /// retrying at once would spin a core: back off, doubling up to a second.
-pub struct AcceptBackoff {
+pub(crate) struct AcceptBackoff {
     /// What failed, for the log: `accept`, `admin accept`, `demo accept`.
     what: &'static str,
     delay: Option<Duration>,
@@ -67,17 +67,17 @@ pub struct AcceptBackoff {
 
 impl AcceptBackoff {
     /// A back-off that names `what` in its log lines.
-    pub fn new(what: &'static str) -> AcceptBackoff {
+    pub(crate) fn new(what: &'static str) -> AcceptBackoff {
         AcceptBackoff { what, delay: None }
     }
 
     /// Forgets the back-off after a successful accept.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.delay = None;
     }
 
     /// Logs `e` and, when it is ballast's own shortage, sleeps before the next accept.
-    pub async fn on_error(&mut self, e: io::Error) {
+    pub(crate) async fn on_error(&mut self, e: io::Error) {
         if fault::classify(&e) == Fault::Peer {
             debug!("{} failed: {e}", self.what);
             return;
