@@ -718,7 +718,7 @@ stream {{
         for (i, port) in [(1, self.ports.b1), (2, self.ports.b2)] {
             let out = self.log_dir.join(format!("backend-b{i}.out"));
             let log = self.log_dir.join(format!("backend-b{i}.log"));
-            let mut command = Command::new(&self.backend);
+            let mut command = harness::command(&self.backend);
             command
                 .args([
                     "--listen",
@@ -785,7 +785,7 @@ stream {{
             return Ok(false);
         }
         let file = harness::append(&log)?;
-        let mut command = Command::new(iperf);
+        let mut command = harness::command(iperf);
         command
             .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
             .stdout(file.try_clone().or_else(fatal)?)
@@ -874,7 +874,7 @@ stream {{
                 // RUST_LOG=warn: at info ballast writes an access-log line per connection.
                 // Readiness is then the listening socket (nothing is logged).
                 for (name, port) in [("ballast-http", http), ("ballast-bulk", bulk)] {
-                    let mut command = Command::new(&self.ballast);
+                    let mut command = harness::command(&self.ballast);
                     command
                         .arg("--config")
                         .arg(self.conf_dir.join(format!("{name}.ron")))
@@ -893,7 +893,7 @@ stream {{
                     ("floor-http", http, backends),
                     ("floor-bulk", bulk, bulk_backend),
                 ] {
-                    let mut command = Command::new(&self.floor);
+                    let mut command = harness::command(&self.floor);
                     command.arg(format!("127.0.0.1:{port}")).arg(to);
                     if !self.start_process(run, command, "floor_relay", &log(name), &[port])? {
                         return Ok(false);
@@ -905,7 +905,7 @@ stream {{
                 let Some(haproxy) = &self.haproxy else {
                     return Ok(false);
                 };
-                let mut command = Command::new(haproxy);
+                let mut command = harness::command(haproxy);
                 command
                     .arg("-f")
                     .arg(self.conf_dir.join("haproxy.cfg"))
@@ -919,7 +919,7 @@ stream {{
                 let Some(nginx) = &self.nginx else {
                     return Ok(false);
                 };
-                let mut command = Command::new(nginx);
+                let mut command = harness::command(nginx);
                 command.args(&self.nginx_args);
                 if !self.start_process(run, command, "nginx", &log("nginx"), &[http, bulk])? {
                     return Ok(false);
@@ -1048,7 +1048,7 @@ stream {{
         limit: Duration,
     ) -> Res<i32> {
         let file = harness::create(out)?;
-        let mut command = Command::new(program);
+        let mut command = harness::command(program);
         command
             .args(args)
             .stdout(file.try_clone().or_else(fatal)?)

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use harness::{LogTail, Proc, Ready, Res, Stop, fatal, interrupted, note, pause};
@@ -543,7 +543,7 @@ impl Soak {
         let log = self.run_dir.join(format!("backend-{name}.log"));
         let mut log_file = harness::append(&log)?;
         let _ = writeln!(log_file, "--- soak.sh: starting on 127.0.0.1:{port}");
-        let mut command = Command::new(&self.backend_bin);
+        let mut command = harness::command(&self.backend_bin);
         command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--id", name])
             .env("RUST_LOG", &self.rust_log)
@@ -721,7 +721,7 @@ impl Soak {
     /// Runs wrk through the balancer: `-tT -cC -dD`, output in `out`.
     fn spawn_wrk(&self, threads: u64, conns: u64, secs: u64, out: &Path) -> Res<Proc> {
         let file = harness::create(out)?;
-        let mut command = Command::new(&self.wrk_bin);
+        let mut command = harness::command(&self.wrk_bin);
         command
             .arg(format!("-t{threads}"))
             .arg(format!("-c{conns}"))
@@ -768,7 +768,7 @@ impl Soak {
         for attempt in 1..=5 {
             self.listen_port = self.pick_port()?;
             self.write_config("RoundRobin", WEIGHT_SETS[0], "initial")?;
-            let mut command = Command::new(&self.ballast_bin);
+            let mut command = harness::command(&self.ballast_bin);
             command
                 .arg("--config")
                 .arg(&self.config)

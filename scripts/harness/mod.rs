@@ -18,29 +18,29 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 /// The checkout the harness was built from.
-pub const REPO_ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub(crate) const REPO_ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 // --- messages and exits ----------------------------------------------------------------------
 
 static NAME: OnceLock<&'static str> = OnceLock::new();
 
 /// The name messages start with, such as `bench.sh`: the entry point the user ran.
-pub fn name() -> &'static str {
+pub(crate) fn name() -> &'static str {
     NAME.get().copied().unwrap_or("harness")
 }
 
 /// A progress or error message on stderr, `NAME: MESSAGE`.
-pub fn note(message: impl Display) {
+pub(crate) fn note(message: impl Display) {
     eprintln!("{}: {message}", name());
 }
 
 /// Why a harness stops before its normal end.
 #[derive(Debug)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// Bad usage: the message and the (short) usage, then exit status 2.
     Usage(String),
     /// A signal asked it to stop: exit status 128 + the signal's number.
@@ -49,39 +49,46 @@ pub enum Stop {
     Exit(u8),
 }
 
-pub type Res<T> = Result<T, Stop>;
+pub(crate) type Res<T> = Result<T, Stop>;
 
 /// Says `message` and stops with exit status 1 (said at once, so before the processes
 /// stop, as a shell script's `die` would).
-pub fn fatal<T>(message: impl Display) -> Res<T> {
+pub(crate) fn fatal<T>(message: impl Display) -> Res<T> {
     note(message);
     Err(Stop::Exit(1))
 }
 
 /// `Err(Stop::Usage(message))`.
-pub fn usage_error<T>(message: impl Display) -> Res<T> {
+pub(crate) fn usage_error<T>(message: impl Display) -> Res<T> {
     Err(Stop::Usage(message.to_string()))
 }
 
 /// Sets the message name and catches SIGINT, SIGTERM and SIGHUP (see [`interrupted`]).
-pub fn init(name: &'static str) {
+///
+/// signal-hook, not a `sigaction` of our own: the crates forbid `unsafe`, and its iterator
+/// runs the bookkeeping on a thread of its own, outside the signal handler.
+pub(crate) fn init(name: &'static str) {
     let _ = NAME.set(name);
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
-        if let Err(e) = unsafe { signal::sigaction(sig, &action) } {
-            note(format!("cannot catch {sig}: {e}"));
+    let caught = [
+        Signal::SIGINT as i32,
+        Signal::SIGTERM as i32,
+        Signal::SIGHUP as i32,
+    ];
+    match signal_hook::iterator::Signals::new(caught) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for sig in signals.forever() {
+                    on_signal(sig);
+                }
+            });
         }
+        Err(e) => note(format!("cannot catch SIGINT, SIGTERM and SIGHUP: {e}")),
     }
 }
 
 /// Turns what `run` returned into the exit status, saying what it has to: `usage` follows a
 /// bad-usage message. Call it after everything `run` started has been dropped (stopped).
-pub fn exit_code(result: Res<u8>, usage: &str) -> ExitCode {
+pub(crate) fn exit_code(result: Res<u8>, usage: &str) -> ExitCode {
     match result {
         Ok(code) | Err(Stop::Exit(code)) => ExitCode::from(code),
         Err(Stop::Usage(message)) => {
@@ -98,19 +105,19 @@ static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static SIGNAL_NOTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(sig: nix::libc::c_int) {
+fn on_signal(sig: i32) {
     LAST_SIGNAL.store(sig, Ordering::SeqCst);
     SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// How many of the caught signals have arrived so far.
-pub fn signals() -> usize {
+pub(crate) fn signals() -> usize {
     SIGNALS.load(Ordering::SeqCst)
 }
 
 /// `Err(Stop::Signal)` once SIGINT, SIGTERM or SIGHUP has arrived (saying so, once), so that
 /// `?` unwinds to main, dropping and so stopping what was started.
-pub fn interrupted() -> Res<()> {
+pub(crate) fn interrupted() -> Res<()> {
     if signals() == 0 {
         return Ok(());
     }
@@ -123,7 +130,7 @@ pub fn interrupted() -> Res<()> {
 }
 
 /// Sleeps for `d`, returning early with `Err` when a signal arrives.
-pub fn pause(d: Duration) -> Res<()> {
+pub(crate) fn pause(d: Duration) -> Res<()> {
     let end = Instant::now() + d;
     loop {
         interrupted()?;
@@ -139,7 +146,7 @@ pub fn pause(d: Duration) -> Res<()> {
 
 /// The whole number in the environment variable `name` (`default` when it is unset or
 /// empty), or the message saying it is not one.
-pub fn env_uint(name: &str, default: u64) -> Result<u64, String> {
+pub(crate) fn env_uint(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => {
             parse_uint(&v).ok_or(format!("{name} must be a whole number, not '{v}'"))
@@ -149,7 +156,7 @@ pub fn env_uint(name: &str, default: u64) -> Result<u64, String> {
 }
 
 /// A whole number of at most nine digits.
-pub fn parse_uint(s: &str) -> Option<u64> {
+pub(crate) fn parse_uint(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -157,7 +164,7 @@ pub fn parse_uint(s: &str) -> Option<u64> {
 }
 
 /// A path the user gave, relative to the directory the script was run from.
-pub fn absolute(path: impl AsRef<Path>) -> PathBuf {
+pub(crate) fn absolute(path: impl AsRef<Path>) -> PathBuf {
     let path = path.as_ref();
     if path.is_absolute() {
         path.to_path_buf()
@@ -169,7 +176,7 @@ pub fn absolute(path: impl AsRef<Path>) -> PathBuf {
 }
 
 /// `$BALLAST_RUN_DIR`, by default `target/ballast-run` in the checkout.
-pub fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     match std::env::var_os("BALLAST_RUN_DIR") {
         Some(dir) if !dir.is_empty() => absolute(dir),
         _ => Path::new(REPO_ROOT).join("target/ballast-run"),
@@ -179,7 +186,7 @@ pub fn run_dir() -> PathBuf {
 /// The directory of the binaries under test: `$BALLAST_BIN_DIR`, or the release build after
 /// `cargo build --release TARGETS...` (its output on stderr). Checks that `ballast` and
 /// `ballast-backend` are there.
-pub fn binaries(targets: &[&str]) -> Res<PathBuf> {
+pub(crate) fn binaries(targets: &[&str]) -> Res<PathBuf> {
     let dir = match std::env::var_os("BALLAST_BIN_DIR") {
         Some(dir) if !dir.is_empty() => absolute(dir),
         _ => {
@@ -211,13 +218,13 @@ pub fn binaries(targets: &[&str]) -> Res<PathBuf> {
     Ok(dir)
 }
 
-pub fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A program on PATH or in the sbin directories (not on a normal user's PATH on Debian).
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
@@ -226,12 +233,12 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Creates (truncates) `path` for a child's output, saying which file failed.
-pub fn create(path: &Path) -> Res<File> {
+pub(crate) fn create(path: &Path) -> Res<File> {
     File::create(path).or_else(|e| fatal(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Opens `path` for appending, creating it.
-pub fn append(path: &Path) -> Res<File> {
+pub(crate) fn append(path: &Path) -> Res<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
@@ -240,12 +247,12 @@ pub fn append(path: &Path) -> Res<File> {
 }
 
 /// Writes `text` to `path`, saying which file failed.
-pub fn write(path: &Path, text: &str) -> Res<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Res<()> {
     fs::write(path, text).or_else(|e| fatal(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The last `n` lines of a log, indented, for a message about a process that failed.
-pub fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
@@ -259,35 +266,47 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// Seconds a stop waits after SIGTERM before SIGKILL (set by the harness).
 static STOP_TIMEOUT: AtomicU64 = AtomicU64::new(10);
 
-pub fn set_stop_timeout(secs: u64) {
+pub(crate) fn set_stop_timeout(secs: u64) {
     STOP_TIMEOUT.store(secs, Ordering::Relaxed);
 }
 
 /// A child process. It gets SIGTERM from the kernel if the harness dies, however it dies
 /// (its parent-death signal), runs in a process group of its own (so a Ctrl-C reaches only
 /// the harness, which stops it), and is stopped when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     status: Option<ExitStatus>,
     pub what: String,
 }
 
-/// Starts `command` (stdin from /dev/null; the caller directs stdout and stderr). Spawn from
-/// the main thread only: the parent-death signal follows the thread that spawned.
-pub fn start(mut command: Command, what: impl Into<String>) -> Res<Proc> {
-    let what = what.into();
-    let parent = nix::unistd::getpid();
-    command.stdin(Stdio::null()).process_group(0);
-    // SAFETY: prctl and getppid are async-signal-safe system calls; nothing is allocated.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::other("the harness has exited"));
-            }
-            Ok(())
-        });
+/// A command for `program` that the kernel stops with SIGTERM when the harness dies, however
+/// it dies (`setpriv --pdeathsig`, from util-linux; without setpriv, a plain command, which
+/// the harness still stops when it exits normally or on a signal). Spawn it with [`start`],
+/// from the main thread only: the parent-death signal follows the thread that spawned.
+pub(crate) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    static SETPRIV: OnceLock<bool> = OnceLock::new();
+    let have = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if have {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "TERM", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
     }
+}
+
+/// Starts `command` (made by [`command`]; stdin from /dev/null; the caller directs stdout
+/// and stderr) in a process group of its own.
+pub(crate) fn start(mut command: Command, what: impl Into<String>) -> Res<Proc> {
+    let what = what.into();
+    command.stdin(Stdio::null()).process_group(0);
     match command.spawn() {
         Ok(child) => Ok(Proc {
             child,
@@ -299,19 +318,19 @@ pub fn start(mut command: Command, what: impl Into<String>) -> Res<Proc> {
 }
 
 /// Converts an exit status to the shell's number: the code, or 128 + the signal.
-pub fn status_code(status: ExitStatus) -> i32 {
+pub(crate) fn status_code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// True while it runs; reaps it once it has exited.
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         if self.status.is_some() {
             return false;
         }
@@ -326,18 +345,18 @@ impl Proc {
     }
 
     /// How it exited, once it has (and been reaped).
-    pub fn status(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn status(&mut self) -> Option<ExitStatus> {
         self.alive();
         self.status
     }
 
     /// Sends `sig` unless it has exited (and so may have given its pid away).
-    pub fn signal(&mut self, sig: Signal) -> bool {
+    pub(crate) fn signal(&mut self, sig: Signal) -> bool {
         self.alive() && signal::kill(pid(self.pid()), sig).is_ok()
     }
 
     /// SIGKILL at once, and reap.
-    pub fn kill_now(&mut self) {
+    pub(crate) fn kill_now(&mut self) {
         if self.alive() {
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
@@ -345,7 +364,7 @@ impl Proc {
     }
 
     /// Waits up to `limit` for it to exit by itself; its status, if it did.
-    pub fn wait_exit(&mut self, limit: Duration) -> Res<Option<ExitStatus>> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Res<Option<ExitStatus>> {
         let end = Instant::now() + limit;
         while self.alive() {
             interrupted()?;
@@ -365,7 +384,7 @@ impl Drop for Proc {
 }
 
 /// [`stop`] for a list of processes.
-pub fn stop_all(procs: &mut [Proc], say: bool) {
+pub(crate) fn stop_all(procs: &mut [Proc], say: bool) {
     let mut refs: Vec<&mut Proc> = procs.iter_mut().collect();
     stop(&mut refs, say);
 }
@@ -377,7 +396,7 @@ fn pid(p: u32) -> Pid {
 /// Stops processes and their descendants: SIGTERM to the given ones, a wait (bounded by the
 /// stop timeout) for the whole trees, then SIGKILL to whatever is left. A signal to the
 /// harness during the wait sends SIGKILL at once. With `say`, notes what it does.
-pub fn stop(procs: &mut [&mut Proc], say: bool) {
+pub(crate) fn stop(procs: &mut [&mut Proc], say: bool) {
     let roots: Vec<u32> = procs
         .iter_mut()
         .filter_map(|p| p.alive().then(|| p.pid()))
@@ -427,7 +446,7 @@ pub fn stop(procs: &mut [&mut Proc], say: bool) {
 }
 
 /// What [`wait_for_line`] found.
-pub enum Ready {
+pub(crate) enum Ready {
     Line(String),
     /// The process exited first, with this status.
     Exited(ExitStatus),
@@ -435,7 +454,7 @@ pub enum Ready {
 }
 
 /// Waits up to `limit` for a line of `path` that satisfies `pred` while `proc` runs.
-pub fn wait_for_line(
+pub(crate) fn wait_for_line(
     path: &Path,
     pred: impl Fn(&str) -> bool,
     proc: &mut Proc,
@@ -462,7 +481,7 @@ pub fn wait_for_line(
 // --- /proc -----------------------------------------------------------------------------------
 
 /// True while `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
@@ -470,7 +489,7 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// The given pids and all their descendants, parents first.
-pub fn tree_pids(roots: &[u32]) -> Vec<u32> {
+pub(crate) fn tree_pids(roots: &[u32]) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = entry
@@ -508,7 +527,7 @@ pub fn tree_pids(roots: &[u32]) -> Vec<u32> {
 }
 
 /// A numeric field of /proc/PID/status (`VmRSS`, `VmHWM` in kB; `Threads`).
-pub fn status_field(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn status_field(pid: u32, key: &str) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -518,7 +537,7 @@ pub fn status_field(pid: u32, key: &str) -> Option<u64> {
 
 /// VmRSS in KiB summed over the given processes and their descendants, and how many
 /// processes that is.
-pub fn tree_rss(roots: &[u32]) -> (u64, usize) {
+pub(crate) fn tree_rss(roots: &[u32]) -> (u64, usize) {
     tree_pids(roots)
         .into_iter()
         .filter_map(|p| status_field(p, "VmRSS"))
@@ -526,12 +545,12 @@ pub fn tree_rss(roots: &[u32]) -> (u64, usize) {
 }
 
 /// Open descriptors of `pid`, or `None` when it is gone.
-pub fn fd_count(pid: u32) -> Option<usize> {
+pub(crate) fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// Sockets among `pid`'s descriptors.
-pub fn socket_count(pid: u32) -> Option<usize> {
+pub(crate) fn socket_count(pid: u32) -> Option<usize> {
     let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     Some(
         dir.flatten()
@@ -543,7 +562,7 @@ pub fn socket_count(pid: u32) -> Option<usize> {
 }
 
 /// True when `pid` runs and its command line contains `word` (a recycled pid is not ours).
-pub fn is_ours(pid: u32, word: &str) -> bool {
+pub(crate) fn is_ours(pid: u32, word: &str) -> bool {
     pid_alive(pid)
         && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
             String::from_utf8_lossy(&c)
@@ -580,14 +599,14 @@ fn tcp_rows(files: &[&str]) -> Vec<(String, u16, u8)> {
 }
 
 /// True when a socket listens on 127.0.0.1:PORT or 0.0.0.0:PORT.
-pub fn listening(port: u16) -> bool {
+pub(crate) fn listening(port: u16) -> bool {
     tcp_rows(&["/proc/net/tcp"]).iter().any(|(addr, p, state)| {
         *p == port && *state == 0x0A && (addr == "0100007F" || addr == "00000000")
     })
 }
 
 /// Local ports of every TCP socket on the machine, in any state.
-pub fn used_ports() -> HashSet<u16> {
+pub(crate) fn used_ports() -> HashSet<u16> {
     tcp_rows(&["/proc/net/tcp", "/proc/net/tcp6"])
         .into_iter()
         .map(|(_, p, _)| p)
@@ -595,7 +614,7 @@ pub fn used_ports() -> HashSet<u16> {
 }
 
 /// Raises the soft open-files limit to the hard one; returns the soft limit then in force.
-pub fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
@@ -617,7 +636,7 @@ pub fn raise_nofile() -> u64 {
 // --- small things ----------------------------------------------------------------------------
 
 /// `value` quoted for a shell command line when it needs quoting.
-pub fn shell_quote(value: &str) -> String {
+pub(crate) fn shell_quote(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()
@@ -630,7 +649,7 @@ pub fn shell_quote(value: &str) -> String {
 }
 
 /// The current time in UTC as `YYYY-MM-DD HH:MM UTC`.
-pub fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -653,10 +672,10 @@ pub fn utc_now() -> String {
 }
 
 /// A small pseudo-random generator (no cryptographic use): picking ports.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn seeded() -> Rng {
+    pub(crate) fn seeded() -> Rng {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -664,7 +683,7 @@ impl Rng {
     }
 
     /// A number in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -673,14 +692,14 @@ impl Rng {
 }
 
 /// Reads what was appended to a log since the last call, in whole lines.
-pub struct LogTail {
+pub(crate) struct LogTail {
     path: PathBuf,
     offset: u64,
     partial: String,
 }
 
 impl LogTail {
-    pub fn new(path: &Path) -> LogTail {
+    pub(crate) fn new(path: &Path) -> LogTail {
         LogTail {
             path: path.to_path_buf(),
             offset: 0,
@@ -689,7 +708,7 @@ impl LogTail {
     }
 
     /// The whole lines appended since the last call.
-    pub fn new_lines(&mut self) -> Vec<String> {
+    pub(crate) fn new_lines(&mut self) -> Vec<String> {
         use std::io::{Seek, SeekFrom};
         let Ok(mut file) = File::open(&self.path) else {
             return Vec::new();
