@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<USAGE
-usage: scripts/stalled.sh [--help]
+Usage: scripts/stalled.sh [--help]
 
 Prints a markdown table: per system, the median and largest number of bytes parked per
 stalled stream (50 clients with a 64 KiB receive buffer that never read).
@@ -20,7 +20,7 @@ USAGE
 case ${1:-} in
 "") ;;
 -h | --help) usage; exit 0 ;;
-*) bad_usage "unknown argument: $1" ;;
+*) bad_usage "unknown argument '$1'" ;;
 esac
 
 cd "$REPO_ROOT"

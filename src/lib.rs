@@ -21,21 +21,23 @@
 //!   swapped whole on reload, the candidate view a selector picks from, the totals.
 //! - `backend`: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
-//! - `relay`: moves bytes both ways between client and backend, preserving half-close; in
-//!   `relay/`: one `direction`, `zero_copy` (splice through pooled pipes) and the buffer
-//!   `pool`.
 //! - `probe`: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time (the
-//!   health check reads the response head only), and the `/load` body parser.
+//!   health check reads the response head only); in `probe/`: the response `head`, a bounded
+//!   `body`, and the `load` reading.
 //! - `http`: the minimal HTTP/1.1 server code the demo backend and the admin listener share
 //!   (no framework; `httparse` reads request heads): `request` reading, `response` writing,
 //!   the request loop.
 //! - [`listener`]: listening sockets for both binaries (`SO_REUSEADDR`, `SO_REUSEPORT`, a
 //!   deep backlog) and the back-off after a failed `accept`.
 //! - `fault`: whose fault a failed socket operation is, the peer's or ballast's own: the one
-//!   rule the relay, the health checks and the load poller share.
+//!   rule the relay's backend connects, the accept back-off, the health checks and the load
+//!   poller share.
 //! - [`config`]: reads `balancer.ron` into `raw` serde types, then validates them into domain
 //!   types ([`config::Config`]); its `error`s name the file, line:column and what was
 //!   expected.
+//! - `relay`: moves bytes both ways between client and backend, preserving half-close; in
+//!   `relay/`: one `direction`, `zero_copy` (splice through pooled pipes) and the buffer
+//!   `pool`.
 //! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
 //!   candidates (weight, active connections, load, availability) and returns an index.
 //! - `health`: the pure up/down state machine driven by check results (rise and fall).

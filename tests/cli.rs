@@ -275,3 +275,24 @@ fn an_argument_that_is_not_utf8_exits_2_naming_it() {
     );
     assert!(err.contains("Usage: ballast"), "{err}");
 }
+
+/// `--help` and `--version` stop at once, whatever follows them, even an argument that is
+/// not UTF-8; for both binaries.
+#[test]
+fn help_and_version_stop_before_an_argument_that_is_not_utf8() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bad = OsStr::from_bytes(b"\xff");
+    for (program, name) in [
+        (common::BALLAST, "ballast"),
+        (common::BACKEND, "ballast-backend"),
+    ] {
+        let (code, out, err) = common::run(program, &[OsStr::new("--help"), bad]);
+        assert_eq!((code, err.as_str()), (0, ""), "{name} --help");
+        assert!(out.starts_with(&format!("Usage: {name}")), "{out}");
+        let (code, out, _) = common::run(program, &[OsStr::new("--version"), bad]);
+        assert_eq!(code, 0, "{name} --version");
+        assert!(out.starts_with(name), "{out}");
+    }
+}

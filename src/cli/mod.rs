@@ -94,28 +94,39 @@ impl Arg {
 /// The arguments after the program name, read one at a time.
 struct Args {
     parser: lexopt::Parser,
+    /// The complaint about the first argument that is not UTF-8, raised once the arguments
+    /// before it are read: `--help` and `--version` before it still stop at once.
+    not_utf8: Option<String>,
 }
 
 impl Args {
-    /// Checks that every argument is UTF-8 before anything else is read, so the parsers and
-    /// their messages deal in `str` only.
+    /// Takes the arguments up to the first that is not UTF-8, so the parsers and their
+    /// messages deal in `str` only; that argument is reported when the parser reaches it.
     fn new(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
-        let args = args
-            .into_iter()
-            .map(|arg| {
-                arg.into_string()
-                    .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))
-            })
-            .collect::<Result<Vec<String>, String>>()?;
+        let mut text = Vec::new();
+        let mut not_utf8 = None;
+        for arg in args {
+            match arg.into_string() {
+                Ok(arg) => text.push(arg),
+                Err(arg) => {
+                    not_utf8 = Some(format!("argument {arg:?} is not valid UTF-8"));
+                    break;
+                }
+            }
+        }
         Ok(Args {
-            parser: lexopt::Parser::from_args(args),
+            parser: lexopt::Parser::from_args(text),
+            not_utf8,
         })
     }
 
     /// The next argument, or `None` after the last one.
     fn next(&mut self) -> Result<Option<Arg>, String> {
         match self.parser.next() {
-            Ok(None) => Ok(None),
+            Ok(None) => match self.not_utf8.take() {
+                Some(complaint) => Err(complaint),
+                None => Ok(None),
+            },
             Ok(Some(lexopt::Arg::Short(c))) => Ok(Some(Arg::Flag(format!("-{c}")))),
             Ok(Some(lexopt::Arg::Long(name))) => Ok(Some(Arg::Flag(format!("--{name}")))),
             Ok(Some(lexopt::Arg::Value(value))) => Ok(Some(Arg::Positional(text(value)))),
@@ -130,14 +141,18 @@ impl Args {
     /// The value of `flag`, the option just read; `what` names it in the error when the
     /// command line ends first (`--config needs a file path`).
     fn value(&mut self, flag: &str, what: &str) -> Result<String, String> {
-        self.parser
-            .value()
-            .map(text)
-            .map_err(|_| format!("{flag} needs {what}"))
+        match self.parser.value() {
+            Ok(value) => Ok(text(value)),
+            // The value is the argument that is not UTF-8.
+            Err(_) => Err(self
+                .not_utf8
+                .take()
+                .unwrap_or_else(|| format!("{flag} needs {what}"))),
+        }
     }
 }
 
-/// An argument or part of one, known to be UTF-8 since [`Args::new`] checked them all.
+/// An argument or part of one, known to be UTF-8 since [`Args::new`] kept only those.
 fn text(value: OsString) -> String {
     value
         .into_string()
@@ -224,9 +239,19 @@ mod tests {
     #[test]
     fn an_argument_that_is_not_utf8_is_an_error_showing_it() {
         let bad = OsString::from_vec(b"--config=b\xffd.ron".to_vec());
-        match Args::new([OsString::from("--check"), bad]) {
-            Err(e) => assert_eq!(e, r#"argument "--config=b\xFFd.ron" is not valid UTF-8"#),
-            Ok(_) => panic!("accepted"),
-        }
+        let mut args = Args::new([OsString::from("--check"), bad]).expect("args");
+        assert!(matches!(args.next(), Ok(Some(Arg::Flag(f))) if f == "--check"));
+        assert_eq!(
+            args.next().err().as_deref(),
+            Some(r#"argument "--config=b\xFFd.ron" is not valid UTF-8"#)
+        );
+        // As the value of a flag, too.
+        let bad = OsString::from_vec(b"b\xffd.ron".to_vec());
+        let mut args = Args::new([OsString::from("--config"), bad]).expect("args");
+        assert!(matches!(args.next(), Ok(Some(Arg::Flag(f))) if f == "--config"));
+        assert_eq!(
+            args.value("--config", "a file path").err().as_deref(),
+            Some(r#"argument "b\xFFd.ron" is not valid UTF-8"#)
+        );
     }
 }
