@@ -268,6 +268,7 @@ mod tests {
             load_addr: addr,
             load_path: "/load".into(),
             max_connections: Some(2),
+            send_proxy: None,
         };
         let health = HealthConfig {
             rise: 2,

@@ -29,6 +29,8 @@
 //!   the request loop.
 //! - [`listener`]: listening sockets for both binaries (`SO_REUSEADDR`, `SO_REUSEPORT`, a
 //!   deep backlog) and the back-off after a failed `accept`.
+//! - [`proxy_protocol`]: PROXY protocol v1 and v2 headers (HAProxy's `proxy-protocol.txt`),
+//!   built and parsed, pure and bounded.
 //! - `fault`: whose fault a failed socket operation is, the peer's or ballast's own: the one
 //!   rule the relay's backend connects, the accept back-off, the health checks and the load
 //!   poller share.
@@ -56,6 +58,7 @@ pub(crate) mod http;
 pub mod listener;
 pub(crate) mod monitor;
 pub(crate) mod probe;
+pub mod proxy_protocol;
 pub(crate) mod relay;
 pub mod selection;
 pub mod server;

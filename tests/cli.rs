@@ -209,7 +209,7 @@ fn positions_found_after_parsing_skip_comments() {
 fn unknown_field() {
     assert_rejected(
         &VALID.replace("listen:", "listen_on:"),
-        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, workers, backends, timeouts, limits, relay, health, load_poll, admin, admin_token, access_log",
+        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, workers, backends, timeouts, limits, relay, health, load_poll, admin, admin_token, access_log, accept_proxy",
     );
 }
 

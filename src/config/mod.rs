@@ -65,6 +65,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The level of the one-line-per-connection access log.
     pub access_log: AccessLog,
+    /// Every client starts with a PROXY protocol header (v1 or v2): a balancer stands in
+    /// front, and the header's address is the client's from then on.
+    pub accept_proxy: bool,
 }
 
 /// Level of the access log; `Off` silences it.
@@ -140,6 +143,8 @@ pub struct BackendConfig {
     pub load_path: String,
     /// Concurrent connections this backend takes; a full backend is skipped.
     pub max_connections: Option<u64>,
+    /// The PROXY protocol header sent to this backend before any client byte, if any.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 /// An active health check.
@@ -298,6 +303,7 @@ impl Config {
                     .load_path
                     .map_or_else(|| DEFAULT_LOAD_PATH.to_string(), |p| p.0),
                 max_connections: b.max_connections.map(|m| m.get()),
+                send_proxy: b.send_proxy,
             })
             .collect();
 
@@ -359,6 +365,7 @@ impl Config {
             admin: raw.admin.map(|a| a.0),
             admin_token: raw.admin_token.map(|t| t.0),
             access_log: raw.access_log,
+            accept_proxy: raw.accept_proxy,
         })
     }
 
@@ -382,8 +389,11 @@ impl Config {
             let max = b
                 .max_connections
                 .map_or(String::new(), |m| format!("  max {m}"));
+            let proxy = b
+                .send_proxy
+                .map_or(String::new(), |v| format!("  send_proxy {v:?}"));
             out.push_str(&format!(
-                "  {:width$}  {}  weight {}{max}{note}\n",
+                "  {:width$}  {}  weight {}{max}{proxy}{note}\n",
                 b.name, b.addr, b.weight
             ));
         }
@@ -424,6 +434,9 @@ impl Config {
             "admin      {admin}\naccess log {:?}\n",
             self.access_log
         ));
+        if self.accept_proxy {
+            out.push_str("clients    start with a PROXY header (accept_proxy)\n");
+        }
         out
     }
 }
@@ -512,7 +525,7 @@ mod tests {
         let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections"
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections, send_proxy"
         );
     }
 

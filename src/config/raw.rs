@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     pub(super) admin_token: Option<Token>,
     #[serde(default)]
     pub(super) access_log: AccessLog,
+    #[serde(default)]
+    pub(super) accept_proxy: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,6 +77,7 @@ pub(super) struct RawBackend {
     pub(super) load_addr: Option<Addr>,
     pub(super) load_path: Option<RequestPath>,
     pub(super) max_connections: Option<Checked<BackendMax>>,
+    pub(super) send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 pub(super) fn default_weight() -> Checked<Weight> {

@@ -1,13 +1,20 @@
 //! One client connection from accept to close: a backend, the relay, and its access line.
 
 use super::connect::connect_backend;
-use crate::balancer::Balancer;
+use crate::backend::ConnectionGuard;
+use crate::balancer::{Balancer, Snapshot};
 use crate::config::AccessLog;
+use crate::proxy_protocol::{self, Header};
 use crate::relay;
+use log::warn;
+use nix::sys::socket::{MsgFlags, recv};
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Serves one client: a backend, then the relay until both sides are done or `cut_off`
@@ -25,11 +32,11 @@ pub(super) async fn serve_connection(
     // instead of sizing every long-lived connection's task for it.
     let connecting = Box::pin(async {
         tokio::select! {
-            connected = connect_backend(peer, &snapshot, &balancer) => Some(connected),
+            connected = set_up(&client, peer, &snapshot, &balancer) => Some(connected),
             () = cut_off.raised() => None,
         }
     });
-    let Some(connected) = connecting.await else {
+    let Some((peer, connected)) = connecting.await else {
         access(
             access_log,
             format_args!(
@@ -39,6 +46,20 @@ pub(super) async fn serve_connection(
             ),
         );
         return;
+    };
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(why) => {
+            warn!("{peer}: {why}; closing the client");
+            access(
+                access_log,
+                format_args!(
+                    "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {why}",
+                    started.elapsed().as_millis()
+                ),
+            );
+            return;
+        }
     };
     let Some((guard, upstream)) = connected else {
         balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
@@ -85,4 +106,123 @@ fn access(level: AccessLog, line: std::fmt::Arguments<'_>) {
         AccessLog::Info => log::Level::Info,
     };
     log::log!(target: "ballast::access", level, "{line}");
+}
+
+/// What came of setting up a connection: a backend connected (with its PROXY header sent if
+/// it wants one), none available (`Ok(None)`), or the client turned away for what it sent.
+type SetUp = Result<Option<(ConnectionGuard, TcpStream)>, String>;
+
+/// Reads the client's PROXY header when the configuration expects one, then connects a
+/// backend and sends it a PROXY header when it asks for one. Returns the client's address
+/// (the header's, where one was read) with the outcome.
+async fn set_up(
+    client: &TcpStream,
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    balancer: &Balancer,
+) -> (SocketAddr, SetUp) {
+    let mut source = peer;
+    let mut destination = None;
+    if snapshot.config.accept_proxy {
+        match read_proxy_header(client, snapshot.config.timeouts.connect).await {
+            Ok(Header::Proxied {
+                source: from,
+                destination: to,
+            }) => {
+                source = from;
+                destination = Some(to);
+            }
+            Ok(Header::Local) => {}
+            Err(why) => return (peer, Err(why)),
+        }
+    }
+    let Some((guard, mut upstream)) = connect_backend(source, snapshot, balancer).await else {
+        return (source, Ok(None));
+    };
+    if let Some(version) = guard.backend().config.send_proxy {
+        let destination = match destination {
+            Some(to) => to,
+            None => match client.local_addr() {
+                Ok(to) => to,
+                Err(e) => {
+                    return (
+                        source,
+                        Err(format!("cannot read the listening address: {e}")),
+                    );
+                }
+            },
+        };
+        let header = proxy_protocol::encode(version, source, destination);
+        if let Err(e) = upstream.write_all(&header).await {
+            let backend = guard.backend();
+            return (
+                source,
+                Err(format!(
+                    "cannot send the PROXY header to backend {} ({}): {e}",
+                    backend.name, backend.addr
+                )),
+            );
+        }
+    }
+    (source, Ok(Some((guard, upstream))))
+}
+
+/// Reads one PROXY protocol header (v1 or v2) from `client` within `limit`, taking exactly
+/// its bytes: what follows is the client's stream. The bytes are peeked until the header is
+/// whole, so a header split across segments waits for the rest, and readiness is cleared
+/// only when the socket has nothing more to show.
+///
+/// # Errors
+/// A description for the log: a malformed or oversized header, one that did not arrive
+/// within `limit`, or a client that closed or failed first.
+async fn read_proxy_header(client: &TcpStream, limit: Duration) -> Result<Header, String> {
+    let read = async {
+        let mut buf = [0u8; proxy_protocol::MAX_HEADER];
+        loop {
+            let ready = client
+                .ready(Interest::READABLE)
+                .await
+                .map_err(|e| format!("reading the PROXY header: {e}"))?;
+            // After the client's FIN the socket stays readable: a partial header then is all
+            // there will ever be (and waiting for more would spin).
+            let closed = ready.is_read_closed();
+            let peeked = client.try_io(Interest::READABLE, || {
+                let n = recv(client.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK)
+                    .map_err(io::Error::from)?;
+                if n == 0 {
+                    return Ok(Err("closed before its PROXY header ended".to_string()));
+                }
+                match proxy_protocol::parse(&buf[..n]) {
+                    Ok(Some(found)) => Ok(Ok(found)),
+                    Ok(None) if closed => Ok(Err("closed before its PROXY header ended".into())),
+                    // All there is so far, and not yet a whole header: wait for more.
+                    Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            });
+            let (header, len) = match peeked {
+                Ok(found) => found?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(format!("reading the PROXY header: {e}")),
+            };
+            // Take exactly the header; the bytes were there a moment ago and still are.
+            let mut taken = 0;
+            while taken < len {
+                client
+                    .readable()
+                    .await
+                    .map_err(|e| format!("reading the PROXY header: {e}"))?;
+                match client.try_read(&mut buf[taken..len]) {
+                    Ok(0) => return Err("closed before its PROXY header ended".to_string()),
+                    Ok(n) => taken += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("reading the PROXY header: {e}")),
+                }
+            }
+            return Ok(header);
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| format!("no complete PROXY header within {limit:?}"))?
 }
