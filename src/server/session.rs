@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 /// (the end of the shutdown grace period) closes it.
 pub(super) async fn serve_connection(
     client: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     balancer: Arc<Balancer>,
     cut_off: Arc<relay::StopSignal>,
 ) {
@@ -36,41 +36,46 @@ pub(super) async fn serve_connection(
             () = cut_off.raised() => None,
         }
     });
-    let Some((peer, connected)) = connecting.await else {
-        access(
-            access_log,
-            format_args!(
-                "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
-                started.elapsed().as_millis(),
-                relay::End::Stopped
-            ),
-        );
-        return;
-    };
-    let connected = match connected {
-        Ok(connected) => connected,
-        Err(why) => {
-            warn!("{peer}: {why}; closing the client");
+    // One address for the client across the relay (the header's, where one was read): each
+    // value kept across an await sizes every connection's task.
+    let (guard, upstream) = match connecting.await {
+        None => {
             access(
                 access_log,
                 format_args!(
-                    "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {why}",
+                    "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
+                    started.elapsed().as_millis(),
+                    relay::End::Stopped
+                ),
+            );
+            return;
+        }
+        Some((from, Err(why))) => {
+            warn!("{from}: {why}; closing the client");
+            access(
+                access_log,
+                format_args!(
+                    "{from} -> -: 0 bytes up, 0 bytes down, {} ms, {why}",
                     started.elapsed().as_millis()
                 ),
             );
             return;
         }
-    };
-    let Some((guard, upstream)) = connected else {
-        balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
-        access(
-            access_log,
-            format_args!(
-                "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, no backend",
-                started.elapsed().as_millis()
-            ),
-        );
-        return;
+        Some((from, Ok(None))) => {
+            balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
+            access(
+                access_log,
+                format_args!(
+                    "{from} -> -: 0 bytes up, 0 bytes down, {} ms, no backend",
+                    started.elapsed().as_millis()
+                ),
+            );
+            return;
+        }
+        Some((from, Ok(Some(connected)))) => {
+            peer = from;
+            connected
+        }
     };
     let backend = Arc::clone(guard.backend());
     backend.stats().total.fetch_add(1, Ordering::Relaxed);
