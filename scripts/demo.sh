@@ -16,7 +16,9 @@ Usage: scripts/demo.sh [CONFIG]
 Builds the release binaries, checks CONFIG (default: balancer.ron in the repository) with
 `ballast --check`, starts the demo backends (`ballast-backend --config CONFIG
 --max-requests 1`: one process, one listener for every backend of CONFIG, on its address
-and answering as its name), starts `ballast --config CONFIG` and prints the URL to open. Every response carries `Connection: close`, so each refresh is a
+and answering as its name), starts `ballast --config CONFIG` and prints the URL to open,
+and the status page's when CONFIG turns the admin listener on (balancer.ron does, on
+127.0.0.1:9000). Every response carries `Connection: close`, so each refresh is a
 new connection and meets the balancer again. Ctrl-C (or SIGTERM) stops everything the
 script started; it exits 0 after a requested stop (or a clean stop of the balancer) and
 1 when something fails to start or the balancer fails.
@@ -132,6 +134,8 @@ printf '%s\n' "$summary" >&2
 
 # The listen address, in case the balancer's readiness line does not show it.
 LISTEN=$(printf '%s\n' "$summary" | sed -n 's/^listen[[:space:]][[:space:]]*\([^[:space:]]*\)$/\1/p')
+# The admin listener: `off`, or `http://ADDR/` with ` (bearer token required)` after it.
+ADMIN=$(printf '%s\n' "$summary" | sed -n 's/^admin[[:space:]][[:space:]]*//p')
 
 # --- start ---------------------------------------------------------------------------------
 
@@ -186,11 +190,25 @@ bound=$(printf '%s\n' "$READY_LINE" | sed -n 's/.*listening on \([^ ,]*\).*/\1/p
 target=$(connectable "$bound")
 url="http://$target/"
 
+# The admin listener binds right after the balancer's own (a failure there stops ballast).
+status_line=""
+if [[ -n $ADMIN && $ADMIN != off ]]; then
+    wait_ready "$BALANCER_LOG" 'admin listening on http://' "$BALANCER_PID" "ballast's admin listener" "$BALANCER_LOG" || exit 1
+    flush_balancer_log
+    admin_bound=$(printf '%s\n' "$READY_LINE" | sed -n 's|.*admin listening on http://\([^/ ]*\)/.*|\1|p')
+    admin_url="http://$(connectable "$admin_bound")/"
+    status_line="Status page: $admin_url (Prometheus metrics at ${admin_url}metrics)"
+    case $ADMIN in
+    *"token required"*) status_line="$status_line; add ?token=... (admin_token in the configuration)" ;;
+    esac
+fi
+
 cat <<EOF
 
 ballast is listening on $bound (pid $BALANCER_PID) in front of $BACKEND_COUNT backend(s).
 
 Open $url and refresh: each refresh lands on the next backend.
+${status_line:-No status page: the configuration has no admin listener.}
 From a shell:
   for i in \$(seq 8); do curl -s $url | grep -o 'This is from [^<]*'; done
 

@@ -13,6 +13,7 @@ use log::{info, warn};
 
 use crate::config::{BackendConfig, HealthConfig};
 use crate::health::Health;
+use crate::histogram::{CONNECT_BOUNDS, CONNECTION_BOUNDS, Histogram};
 use crate::selection::Candidate;
 
 #[derive(Debug)]
@@ -26,13 +27,31 @@ pub(crate) struct Backend {
 }
 
 /// Counters shared by every connection to one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// Time from starting a connect to the handshake completing, for successful connects.
+    pub connect_duration: Histogram,
+    /// Time from accept to close, for connections relayed to this backend.
+    pub connection_duration: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            connect_duration: Histogram::new(CONNECT_BOUNDS),
+            connection_duration: Histogram::new(CONNECTION_BOUNDS),
+        }
+    }
 }
 
 #[derive(Debug)]

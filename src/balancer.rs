@@ -124,7 +124,11 @@ pub(crate) struct Balancer {
     pub totals: Totals,
 }
 
-/// Balancer-wide counters.
+/// The name of the one service a configuration describes today (a listener and its
+/// backends); the `service` label of the metrics.
+pub(crate) const DEFAULT_SERVICE: &str = "default";
+
+/// Balancer-wide counters; with one service, also that service's.
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
     /// Client connections accepted.

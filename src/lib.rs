@@ -21,6 +21,8 @@
 //!   swapped whole on reload, the candidate view a selector picks from, the totals.
 //! - `backend`: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
+//! - `histogram`: lock-free duration histograms with fixed buckets (connect time, connection
+//!   duration), read as Prometheus histograms.
 //! - `probe`: one TCP connect or one raw HTTP/1.1 `GET`, bounded in size and time (the
 //!   health check reads the response head only); in `probe/`: the response `head`, a bounded
 //!   `body`, and the `load` reading.
@@ -54,6 +56,7 @@ pub mod config;
 pub mod demo;
 pub(crate) mod fault;
 pub(crate) mod health;
+pub(crate) mod histogram;
 pub(crate) mod http;
 pub mod listener;
 pub(crate) mod monitor;

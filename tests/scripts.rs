@@ -384,15 +384,19 @@ fn assert_refused(addr: SocketAddr, what: &str) {
     }
 }
 
-/// The shipped sample configuration with its three ports replaced.
-fn sample_with_ports(listen: u16, vm4: u16, vm5: u16) -> String {
+/// The shipped sample configuration with its four ports (the balancer's, the two backends'
+/// and the admin listener's, in that order) replaced.
+fn sample_with_ports(ports: &[u16]) -> String {
     let sample = std::fs::read_to_string(SAMPLE).expect("read balancer.ron");
     let mut text = sample.clone();
-    for (from, to) in [
-        ("\"127.0.0.1:8080\"", listen),
-        ("\"127.0.0.1:8081\"", vm4),
-        ("\"127.0.0.1:8082\"", vm5),
-    ] {
+    let shipped = [
+        "\"127.0.0.1:8080\"",
+        "\"127.0.0.1:8081\"",
+        "\"127.0.0.1:8082\"",
+        "\"127.0.0.1:9000\"",
+    ];
+    assert_eq!(ports.len(), shipped.len());
+    for (from, &to) in shipped.into_iter().zip(ports) {
         assert_eq!(
             text.matches(from).count(),
             1,
@@ -424,16 +428,14 @@ fn demo_leftovers(run_dir: &Path) -> Vec<PathBuf> {
 
 // --- scripts/demo.sh -------------------------------------------------------------------------
 
-/// Starts demo.sh on the sample configuration with three free ports and waits until it
-/// prints the URL. A port found free may be taken before the script binds it: then the
-/// script fails saying so, and this retries with other ports (twice at most).
-fn start_demo(dir: &TempDir, run_dir: &Path) -> (Script, [u16; 3]) {
+/// Starts demo.sh on the sample configuration with four free ports (listen, vm4, vm5,
+/// admin) and waits until it prints the URL. A port found free may be taken before the
+/// script binds it: then the script fails saying so, and this retries with other ports
+/// (twice at most).
+fn start_demo(dir: &TempDir, run_dir: &Path) -> (Script, [u16; 4]) {
     for attempt in 1.. {
-        let ports = free_ports(3);
-        let config = dir.write(
-            "balancer.ron",
-            &sample_with_ports(ports[0], ports[1], ports[2]),
-        );
+        let ports = free_ports(4);
+        let config = dir.write("balancer.ron", &sample_with_ports(&ports));
         let mut demo = Script::spawn(
             DEMO_SH,
             &[config.to_str().expect("utf-8 path")],
@@ -458,7 +460,7 @@ fn start_demo(dir: &TempDir, run_dir: &Path) -> (Script, [u16; 3]) {
                     ports[0]
                 )
             );
-            return (demo, [ports[0], ports[1], ports[2]]);
+            return (demo, [ports[0], ports[1], ports[2], ports[3]]);
         }
         let (status, out, err) = demo.finish();
         assert!(
@@ -476,7 +478,16 @@ fn start_demo(dir: &TempDir, run_dir: &Path) -> (Script, [u16; 3]) {
 fn demo_serves_weighted_round_robin_and_stops_on_sigterm() {
     let dir = TempDir::new();
     let run_dir = dir.path.join("run");
-    let (mut demo, [listen, vm4, vm5]) = start_demo(&dir, &run_dir);
+    let (mut demo, [listen, vm4, vm5, admin]) = start_demo(&dir, &run_dir);
+    let status = demo
+        .out
+        .wait_line("the status page line", |l| l.starts_with("Status page: "));
+    assert_eq!(
+        status,
+        format!(
+            "Status page: http://127.0.0.1:{admin}/ (Prometheus metrics at http://127.0.0.1:{admin}/metrics)"
+        )
+    );
 
     // By the time the URL is printed the balancer's readiness line has been copied to
     // stderr.
@@ -508,6 +519,21 @@ fn demo_serves_weighted_round_robin_and_stops_on_sigterm() {
         seen,
         ["vm5", "vm4", "vm5", "vm4", "vm5", "vm5", "vm4", "vm5"]
     );
+    // The status page's address serves the page, and its metrics count the split.
+    let admin_addr = loopback(admin);
+    assert!(get_and_close(admin_addr).body.contains("<html"));
+    let metrics = get(
+        admin_addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .0
+    .body;
+    for (name, count) in [("vm4", 3), ("vm5", 5)] {
+        let line = format!(
+            "ballast_backend_connections_total{{service=\"default\",backend=\"{name}\"}} {count}\n"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
 
     demo.proc.signal("TERM");
     let (status, _, stderr) = demo.finish();
@@ -522,6 +548,7 @@ fn demo_serves_weighted_round_robin_and_stops_on_sigterm() {
     assert_refused(balancer, "the balancer");
     assert_refused(loopback(vm4), "backend vm4");
     assert_refused(loopback(vm5), "backend vm5");
+    assert_refused(admin_addr, "the admin listener");
     for name in ["pids", "demo.pid", "watchdog.fifo"] {
         let path = run_dir.join("demo").join(name);
         assert!(!path.exists(), "demo.sh left {} behind", path.display());
@@ -532,8 +559,8 @@ fn demo_serves_weighted_round_robin_and_stops_on_sigterm() {
 /// `path:line:col` message, before starting anything.
 #[test]
 fn demo_rejects_a_bad_config_before_starting_anything() {
-    let ports = free_ports(3);
-    let text = sample_with_ports(ports[0], ports[1], ports[2]).replacen(
+    let ports = free_ports(4);
+    let text = sample_with_ports(&ports).replacen(
         "algorithm: WeightedRoundRobin",
         "algorithm: Fastest",
         1,

@@ -1,7 +1,8 @@
 //! Prometheus metrics in the text exposition format 0.0.4.
 
-use crate::backend::Backend;
-use crate::balancer::{Balancer, Snapshot};
+use crate::backend::{Backend, Stats};
+use crate::balancer::{Balancer, DEFAULT_SERVICE, Snapshot};
+use crate::histogram::{Histogram, Reading};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
@@ -53,6 +54,30 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "ballast_connections_no_backend_total {}",
+        totals.no_backend.load(Ordering::Relaxed)
+    );
+    // One service for now, so its totals are the balancer's.
+    let service = format!("service=\"{}\"", escape_label(DEFAULT_SERVICE));
+    family(
+        &mut out,
+        "ballast_service_connections_accepted_total",
+        "counter",
+        "Client connections accepted by the service.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_service_connections_accepted_total{{{service}}} {}",
+        totals.accepted.load(Ordering::Relaxed)
+    );
+    family(
+        &mut out,
+        "ballast_service_connections_no_backend_total",
+        "counter",
+        "Client connections of the service closed because no backend could take them.",
+    );
+    let _ = writeln!(
+        out,
+        "ballast_service_connections_no_backend_total{{{service}}} {}",
         totals.no_backend.load(Ordering::Relaxed)
     );
 
@@ -134,15 +159,52 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
             |b, s| Some(configured_weight(b, s).to_string()),
         ),
     ];
+    let labels: Vec<String> = snapshot
+        .backends
+        .iter()
+        .map(|b| format!("{service},backend=\"{}\"", escape_label(&b.name)))
+        .collect();
     for (name, kind, help, value) in per_backend {
         family(&mut out, name, kind, help);
-        for b in &snapshot.backends {
+        for (b, labels) in snapshot.backends.iter().zip(&labels) {
             if let Some(v) = value(b, snapshot) {
-                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", escape_label(&b.name));
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
         }
     }
+
+    type Durations = fn(&Stats) -> &Histogram;
+    let histograms: [(&str, &str, Durations); 2] = [
+        (
+            "ballast_backend_connect_duration_seconds",
+            "Time to connect to the backend (TCP handshake), for successful connects.",
+            |s| &s.connect_duration,
+        ),
+        (
+            "ballast_connection_duration_seconds",
+            "Time from accept to close of client connections relayed to the backend.",
+            |s| &s.connection_duration,
+        ),
+    ];
+    for (name, help, durations) in histograms {
+        family(&mut out, name, "histogram", help);
+        for (b, labels) in snapshot.backends.iter().zip(&labels) {
+            histogram(&mut out, name, labels, &durations(b.stats()).read());
+        }
+    }
     out
+}
+
+/// The `_bucket` (cumulative, `+Inf` last), `_sum` and `_count` samples of one histogram;
+/// `labels` are the series' own (at least one), without `le`.
+pub(super) fn histogram(out: &mut String, name: &str, labels: &str, reading: &Reading) {
+    for (bound, count) in &reading.buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+    }
+    let count = reading.count;
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", reading.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// The `# HELP` and `# TYPE` lines of one metric family.
@@ -163,4 +225,35 @@ pub(super) fn escape_label(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram::Histogram;
+    use std::time::Duration;
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_sum_and_count() {
+        const BOUNDS: &[Duration] = &[Duration::from_millis(1), Duration::from_millis(250)];
+        let h = Histogram::new(BOUNDS);
+        for millis in [1, 2, 300] {
+            h.observe(Duration::from_millis(millis));
+        }
+        let mut out = String::new();
+        histogram(
+            &mut out,
+            "x_seconds",
+            "service=\"s\",backend=\"b\"",
+            &h.read(),
+        );
+        assert_eq!(
+            out,
+            "x_seconds_bucket{service=\"s\",backend=\"b\",le=\"0.001\"} 1\n\
+             x_seconds_bucket{service=\"s\",backend=\"b\",le=\"0.25\"} 2\n\
+             x_seconds_bucket{service=\"s\",backend=\"b\",le=\"+Inf\"} 3\n\
+             x_seconds_sum{service=\"s\",backend=\"b\"} 0.303\n\
+             x_seconds_count{service=\"s\",backend=\"b\"} 3\n"
+        );
+    }
 }

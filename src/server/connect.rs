@@ -8,7 +8,7 @@ use log::{debug, error, warn};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -67,8 +67,13 @@ pub(super) async fn connect_backend(
             }
             continue;
         };
+        let connecting = Instant::now();
         match connect(guard.backend(), snapshot.config.timeouts.connect).await {
-            Ok(stream) => return Some((guard, stream)),
+            Ok(stream) => {
+                let stats = guard.backend().stats();
+                stats.connect_duration.observe(connecting.elapsed());
+                return Some((guard, stream));
+            }
             Err(e) if fault::classify(&e) == Fault::Ours => {
                 // Our own shortage says nothing about the backend: no health penalty. Still
                 // try another: local ports run out per destination, so another backend may

@@ -87,6 +87,8 @@ pub(super) async fn serve_connection(
         to_client: &stats.bytes_to_client,
     };
     let (moved, end) = relay::relay(client, upstream, &limits, totals, &cut_off).await;
+    let lasted = started.elapsed();
+    stats.connection_duration.observe(lasted);
     // Released before the log line, so whoever reads the log sees the count already down.
     drop(guard);
     access(
@@ -97,7 +99,7 @@ pub(super) async fn serve_connection(
             backend.addr,
             moved.client_to_backend,
             moved.backend_to_client,
-            started.elapsed().as_millis()
+            lasted.as_millis()
         ),
     );
 }
