@@ -135,6 +135,9 @@ pub(crate) struct Totals {
     pub accepted: AtomicU64,
     /// Clients closed because no backend could take them.
     pub no_backend: AtomicU64,
+    /// Clients closed for their PROXY header (`accept_proxy`): missing, malformed,
+    /// truncated or slow.
+    pub bad_proxy_header: AtomicU64,
 }
 
 /// A runtime change named a backend the configuration does not have.

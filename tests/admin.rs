@@ -24,19 +24,6 @@ fn admin_config(algorithm: &str, backends: &[(&str, SocketAddr, u32)], extra: &s
     )
 }
 
-/// The bound admin address, from `admin listening on http://ADDR/`.
-fn admin_addr(b: &Balancer) -> SocketAddr {
-    let line = b.log.wait_for(1, |l| l.contains("admin listening on"));
-    let rest = line
-        .split("admin listening on http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
-    rest.trim_end()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| panic!("bad admin address in {line:?}"))
-}
-
 fn start(config_text: &str) -> (Balancer, SocketAddr) {
     let b = Balancer::start(config_text);
     let admin = admin_addr(&b);

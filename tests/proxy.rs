@@ -119,7 +119,7 @@ async fn bad_headers_close_only_their_client() {
     let backend = echo_backend().await;
     let b = Balancer::start(&format!(
         "(listen: \"127.0.0.1:0\", algorithm: RoundRobin, accept_proxy: true,
-          timeouts: (connect: \"500ms\"),
+          timeouts: (connect: \"500ms\"), admin: \"127.0.0.1:0\",
           backends: [(name: \"echo\", addr: \"{backend}\")], health: (interval: \"1h\"))"
     ));
     // Slow: says nothing, held open.
@@ -166,4 +166,14 @@ async fn bad_headers_close_only_their_client() {
     assert!(closed_without_a_byte(&mut slow).await);
     b.log
         .wait_for(1, |l| l.contains("no complete PROXY header within 500ms"));
+    // Five clients refused for their header, counted; the good one relayed.
+    let metrics = http_get(admin_addr(&b), "/metrics").await;
+    for line in [
+        "ballast_connections_bad_proxy_header_total 5",
+        "ballast_service_connections_bad_proxy_header_total{service=\"default\"} 5",
+        "ballast_connections_accepted_total 6",
+        "ballast_connections_no_backend_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }

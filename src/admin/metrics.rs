@@ -34,51 +34,53 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
         "ballast_uptime_seconds {}",
         balancer.started.elapsed().as_secs_f64()
     );
-    family(
+    let accepted = totals.accepted.load(Ordering::Relaxed);
+    let no_backend = totals.no_backend.load(Ordering::Relaxed);
+    let bad_header = totals.bad_proxy_header.load(Ordering::Relaxed);
+    counter(
         &mut out,
         "ballast_connections_accepted_total",
-        "counter",
         "Client connections accepted.",
+        "",
+        accepted,
     );
-    let _ = writeln!(
-        out,
-        "ballast_connections_accepted_total {}",
-        totals.accepted.load(Ordering::Relaxed)
-    );
-    family(
+    counter(
         &mut out,
         "ballast_connections_no_backend_total",
-        "counter",
         "Client connections closed because no backend could take them.",
+        "",
+        no_backend,
     );
-    let _ = writeln!(
-        out,
-        "ballast_connections_no_backend_total {}",
-        totals.no_backend.load(Ordering::Relaxed)
+    counter(
+        &mut out,
+        "ballast_connections_bad_proxy_header_total",
+        "Client connections closed for a missing, malformed, truncated or slow PROXY header.",
+        "",
+        bad_header,
     );
     // One service for now, so its totals are the balancer's.
     let service = format!("service=\"{}\"", escape_label(DEFAULT_SERVICE));
-    family(
+    let service_labels = format!("{{{service}}}");
+    counter(
         &mut out,
         "ballast_service_connections_accepted_total",
-        "counter",
         "Client connections accepted by the service.",
+        &service_labels,
+        accepted,
     );
-    let _ = writeln!(
-        out,
-        "ballast_service_connections_accepted_total{{{service}}} {}",
-        totals.accepted.load(Ordering::Relaxed)
-    );
-    family(
+    counter(
         &mut out,
         "ballast_service_connections_no_backend_total",
-        "counter",
         "Client connections of the service closed because no backend could take them.",
+        &service_labels,
+        no_backend,
     );
-    let _ = writeln!(
-        out,
-        "ballast_service_connections_no_backend_total{{{service}}} {}",
-        totals.no_backend.load(Ordering::Relaxed)
+    counter(
+        &mut out,
+        "ballast_service_connections_bad_proxy_header_total",
+        "Client connections of the service closed for a bad or missing PROXY header.",
+        &service_labels,
+        bad_header,
     );
 
     type Value = fn(&Backend, &Snapshot) -> Option<String>;
@@ -208,6 +210,12 @@ pub(super) fn histogram(out: &mut String, name: &str, labels: &str, reading: &Re
 }
 
 /// The `# HELP` and `# TYPE` lines of one metric family.
+/// A counter family with its one sample; `labels` is empty or `{name="value",...}`.
+fn counter(out: &mut String, name: &str, help: &str, labels: &str, value: u64) {
+    family(out, name, "counter", help);
+    let _ = writeln!(out, "{name}{labels} {value}");
+}
+
 pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let help = help.replace('\\', "\\\\").replace('\n', "\\n");
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

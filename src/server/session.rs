@@ -140,7 +140,13 @@ async fn set_up(
                 destination = Some(to);
             }
             Ok(Header::Local) => {}
-            Err(why) => return (peer, Err(why)),
+            Err(why) => {
+                balancer
+                    .totals
+                    .bad_proxy_header
+                    .fetch_add(1, Ordering::Relaxed);
+                return (peer, Err(why));
+            }
         }
     }
     let Some((guard, mut upstream)) = connect_backend(source, snapshot, balancer).await else {

@@ -538,3 +538,16 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// The bound admin address, from `admin listening on http://ADDR/`.
+pub(crate) fn admin_addr(b: &Balancer) -> SocketAddr {
+    let line = b.log.wait_for(1, |l| l.contains("admin listening on"));
+    let rest = line
+        .split("admin listening on http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+    rest.trim_end()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("bad admin address in {line:?}"))
+}
