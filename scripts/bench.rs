@@ -741,21 +741,19 @@ stream {{
             match ready {
                 Ready::Line(_) => {}
                 Ready::Exited(_) => {
-                    note(format!(
-                        "{what} exited before it was ready; its log ({}):",
-                        log.display()
-                    ));
-                    eprint!("{}", harness::tail(&log, 20));
-                    return Err(Stop::Exit(1));
+                    return harness::fail_showing_log(
+                        format!("{what} exited before it was ready"),
+                        &log,
+                    );
                 }
                 Ready::TimedOut => {
-                    note(format!(
-                        "{what} was not ready within {}s; its log ({}):",
-                        self.s.ready_timeout.as_secs(),
-                        log.display()
-                    ));
-                    eprint!("{}", harness::tail(&log, 20));
-                    return Err(Stop::Exit(1));
+                    return harness::fail_showing_log(
+                        format!(
+                            "{what} was not ready within {}s",
+                            self.s.ready_timeout.as_secs()
+                        ),
+                        &log,
+                    );
                 }
             }
         }

@@ -789,13 +789,13 @@ impl Soak {
                 }
                 Ready::TimedOut => {
                     self.balancer = Some(proc);
-                    note(format!(
-                        "ballast did not report listening within {}s; its log ({}):",
-                        self.s.ready_timeout.as_secs(),
-                        log.display()
-                    ));
-                    eprint!("{}", harness::tail(&log, 20));
-                    return Err(Stop::Exit(1));
+                    return harness::fail_showing_log(
+                        format!(
+                            "ballast did not report listening within {}s",
+                            self.s.ready_timeout.as_secs()
+                        ),
+                        &log,
+                    );
                 }
                 Ready::Exited(status) => {
                     let text = fs::read_to_string(&log).unwrap_or_default();
@@ -806,13 +806,13 @@ impl Soak {
                         ));
                         continue;
                     }
-                    note(format!(
-                        "ballast exited (status {}) before listening; its log ({}):",
-                        harness::status_code(status),
-                        log.display()
-                    ));
-                    eprint!("{}", harness::tail(&log, 20));
-                    return Err(Stop::Exit(1));
+                    return harness::fail_showing_log(
+                        format!(
+                            "ballast exited (status {}) before listening",
+                            harness::status_code(status)
+                        ),
+                        &log,
+                    );
                 }
             }
         }

@@ -251,6 +251,14 @@ pub(crate) fn write(path: &Path, text: &str) -> Res<()> {
     fs::write(path, text).or_else(|e| fatal(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Says `what` went wrong, points at `log` and shows its last 20 lines, then stops the
+/// harness with exit status 1: how every child that fails to start is reported.
+pub(crate) fn fail_showing_log<T>(what: impl Display, log: &Path) -> Res<T> {
+    note(format!("{what}; its log ({}):", log.display()));
+    eprint!("{}", tail(log, 20));
+    Err(Stop::Exit(1))
+}
+
 /// The last `n` lines of a log, indented, for a message about a process that failed.
 pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
