@@ -18,7 +18,10 @@ use crate::selection::Candidate;
 
 #[derive(Debug)]
 pub(crate) struct Backend {
+    /// Unique within its service: the configured name, or for a host name resolved to
+    /// several addresses, `name@address` (one backend per address).
     pub name: String,
+    /// The address connections go to (the configured one, or one the name resolved to).
     pub addr: SocketAddr,
     pub weight: u32,
     pub config: BackendConfig,
@@ -88,8 +91,11 @@ pub(crate) struct LastCheck {
 }
 
 impl Backend {
-    /// A backend with fresh state; `released` is the balancer-wide wake-up for queued clients.
+    /// A backend `name` at `addr` with fresh state; `released` is the service-wide wake-up
+    /// for queued clients.
     pub(crate) fn new(
+        name: String,
+        addr: SocketAddr,
         config: &BackendConfig,
         health: &HealthConfig,
         released: Arc<Notify>,
@@ -106,7 +112,7 @@ impl Backend {
             recent: AtomicU64::new(0),
             released,
         };
-        Backend::with_live(config, Arc::new(live))
+        Backend::with_live(name, addr, config, Arc::new(live))
     }
 
     /// The same backend under a new configuration: counters, health and load carry over.
@@ -124,17 +130,27 @@ impl Backend {
             }
             state.machine = renewed;
         }
-        Backend::with_live(config, Arc::clone(&self.live))
+        Backend::with_live(self.name.clone(), self.addr, config, Arc::clone(&self.live))
     }
 
-    fn with_live(config: &BackendConfig, live: Arc<Live>) -> Backend {
+    fn with_live(
+        name: String,
+        addr: SocketAddr,
+        config: &BackendConfig,
+        live: Arc<Live>,
+    ) -> Backend {
         Backend {
-            name: config.name.clone(),
-            addr: config.addr,
+            name,
+            addr,
             weight: config.weight,
             config: config.clone(),
             live,
         }
+    }
+
+    /// Where its load agent listens: the configured `load_addr`, else its own address.
+    pub(crate) fn load_addr(&self) -> SocketAddr {
+        self.config.load_addr.unwrap_or(self.addr)
     }
 
     pub(crate) fn stats(&self) -> &Stats {
@@ -281,10 +297,10 @@ mod tests {
         let addr = "127.0.0.1:1".parse().expect("addr");
         let config = BackendConfig {
             name: "a".into(),
-            addr,
+            addr: crate::config::BackendAddr::Ip(addr),
             weight: 1,
             check: crate::config::Check::Tcp,
-            load_addr: addr,
+            load_addr: None,
             load_path: "/load".into(),
             max_connections: Some(2),
             send_proxy: None,
@@ -294,7 +310,7 @@ mod tests {
             fall: 2,
             ..HealthConfig::default()
         };
-        Backend::new(&config, &health, Arc::new(Notify::new()))
+        Backend::new("a".into(), addr, &config, &health, Arc::new(Notify::new()))
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use ballast::cli::ballast::{PROGRAM, parse};
 use ballast::config::Config;
+use ballast::server;
 use ballast::signal::{Hangup, Shutdown};
-use ballast::{listener, server};
 
 fn main() -> ExitCode {
     let options = match PROGRAM.options(parse(std::env::args_os().skip(1))) {
@@ -48,11 +48,10 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
         // Handlers go in before the listener announces itself (see `signal`).
         let shutdown = Shutdown::install()?.second_interrupt_exits();
         let hangup = Hangup::install()?;
-        let listen = config.listen;
-        let listener =
-            listener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let server = server::Server::bind(config).map_err(|e| e.to_string())?;
         let reloads = hangup.reloads(path);
-        server::run_with_reloads(config, listener, shutdown.requested(), reloads)
+        server
+            .run_with_reloads(shutdown.requested(), reloads)
             .await
             .map_err(|e| e.to_string())
     })

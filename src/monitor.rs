@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{Check, Config, HealthConfig, LoadPollConfig};
+use crate::config::{Check, HealthConfig, LoadPollConfig, ServiceConfig};
 use crate::probe::{self, ProbeError};
 use crate::selection::Algorithm;
 
@@ -24,7 +24,7 @@ use crate::selection::Algorithm;
 /// balancing, for `backends`; they run on `tracker` until `stop` is cancelled.
 pub(crate) fn spawn(
     backends: &[Arc<Backend>],
-    config: &Config,
+    config: &ServiceConfig,
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) {
@@ -131,7 +131,7 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
     let mut jitter = Jitter::new();
     let mut healthy_readings: Option<bool> = None;
     let mut last_good: Option<Instant> = None;
-    let (addr, path) = (backend.config.load_addr, backend.config.load_path.clone());
+    let (addr, path) = (backend.load_addr(), backend.config.load_path.clone());
     let mut shortage = Shortage::new(
         format!(
             "cannot poll the load of backend {} at http://{addr}{path}",

@@ -282,10 +282,10 @@ async fn start_ballast(backend: SocketAddr, relay: &str) -> (SocketAddr, oneshot
             health: (interval: "1h"))"#
     );
     let config = Config::parse(&text, Path::new("differential.ron")).expect("config");
-    let listener = ballast::listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let server = server::Server::bind(config).expect("bind");
+    let addr = server.local_addrs()[0].1;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    tokio::spawn(server::run(config, listener, async {
+    tokio::spawn(server.run(async {
         let _ = stop_rx.await;
     }));
     (addr, stop_tx)

@@ -1,12 +1,13 @@
 //! One admin connection: the request loop, routing, and the runtime API (drain, enable,
 //! weight).
 
-use crate::balancer::UnknownBackend;
+use crate::balancer::{Service, UnknownBackend};
 use crate::config::MAX_WEIGHT;
 use crate::http::{self, Reply, Request};
 use log::debug;
 use serde::Serialize;
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -56,9 +57,9 @@ pub(super) fn error_reply(status: u16, message: &str) -> Reply {
 }
 
 pub(super) fn respond(request: &Request, ctx: &Ctx) -> Reply {
-    let snapshot = ctx.balancer.snapshot();
+    let services = ctx.balancer.services();
     let method = request.method.as_str();
-    if let Some(token) = &snapshot.config.admin_token
+    if let Some(token) = &services.config.admin_token
         && !authorized(request, token)
     {
         return error_reply(
@@ -70,22 +71,38 @@ pub(super) fn respond(request: &Request, ctx: &Ctx) -> Reply {
     let readable = matches!(method, "GET" | "HEAD");
     let path = request.path();
     match path {
-        "/" if readable => fresh(200, HTML, render_page(&status(ctx, &snapshot))),
-        "/metrics" if readable => fresh(200, METRICS, metrics(&ctx.balancer, &snapshot)),
-        "/api/status" if readable => json_reply(200, &status(ctx, &snapshot)),
+        "/" if readable => fresh(200, HTML, render_page(&status(ctx, &services))),
+        "/metrics" if readable => fresh(200, METRICS, metrics(&ctx.balancer, &services)),
+        "/api/status" if readable => json_reply(200, &status(ctx, &services)),
         "/" | "/metrics" | "/api/status" => {
             error_reply(405, "method not allowed").with_headers(READ_ONLY)
         }
-        _ => match path.strip_prefix("/api/backends/") {
-            Some(rest) => backend_action(request, rest, ctx),
-            None => error_reply(404, "not found"),
-        },
+        _ => {
+            if let Some(rest) = path.strip_prefix("/api/backends/") {
+                return backend_action(request, None, rest, ctx);
+            }
+            let in_service = path
+                .strip_prefix("/api/services/")
+                .and_then(|rest| rest.split_once("/backends/"));
+            match in_service {
+                Some((service, rest)) if !service.contains('/') => {
+                    backend_action(request, Some(service), rest, ctx)
+                }
+                _ => error_reply(404, "not found"),
+            }
+        }
     }
 }
 
-/// `POST /api/backends/{name}/(drain|enable|weight/{n})`, `rest` being what follows
-/// `/api/backends/`.
-pub(super) fn backend_action(request: &Request, rest: &str, ctx: &Ctx) -> Reply {
+/// `POST /api/services/{service}/backends/{name}/(drain|enable|weight/{n})`, or without
+/// the service (`/api/backends/...`) for a backend name only one service has; `rest` is
+/// what follows `/backends/`.
+pub(super) fn backend_action(
+    request: &Request,
+    service: Option<&str>,
+    rest: &str,
+    ctx: &Ctx,
+) -> Reply {
     let segments: Vec<&str> = rest.split('/').collect();
     let (name, weight) = match segments.as_slice() {
         [name, "drain"] => (name, Ok(Some(0))),
@@ -115,13 +132,53 @@ pub(super) fn backend_action(request: &Request, rest: &str, ctx: &Ctx) -> Reply 
     let Some(name) = percent_decode(name) else {
         return error_reply(400, "invalid percent-encoding in the backend name");
     };
-    match ctx.balancer.set_weight(&name, weight) {
+    let services = ctx.balancer.services();
+    let service = match service {
+        Some(service) => {
+            let Some(service) = percent_decode(service) else {
+                return error_reply(400, "invalid percent-encoding in the service name");
+            };
+            match services.get(&service) {
+                Some(found) => found,
+                None => return error_reply(404, &format!("unknown service {service:?}")),
+            }
+        }
+        None => {
+            let has = |s: &&Arc<Service>| {
+                s.file_config().backends.iter().any(|b| b.name == name)
+                    || s.snapshot().backends.iter().any(|b| b.name == name)
+            };
+            let mut found = services.list.iter().filter(has);
+            match (found.next(), found.next()) {
+                (Some(only), None) => only,
+                (None, _) => return error_reply(404, &format!("unknown backend {name:?}")),
+                (Some(_), Some(_)) => {
+                    return error_reply(
+                        409,
+                        &format!(
+                            "several services have a backend {name:?}: use /api/services/{{service}}/backends/{{name}}/..."
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    match service.set_weight(&name, weight) {
         Ok(()) => {
-            let snapshot = ctx.balancer.snapshot();
-            match snapshot.backends.iter().find(|b| b.name == name) {
-                Some(b) => json_reply(200, &backend_status(b, &snapshot, Instant::now())),
+            let snapshot = service.snapshot();
+            let now = Instant::now();
+            let changed: Vec<BackendStatus> = snapshot
+                .backends
+                .iter()
+                .filter(|b| b.name == name || b.config.name == name)
+                .map(|b| backend_status(b, &snapshot, now))
+                .collect();
+            match changed.len() {
                 // Only a reload racing with this request removes it.
-                None => error_reply(404, &format!("unknown backend {name:?}")),
+                0 => error_reply(404, &format!("unknown backend {name:?}")),
+                1 => json_reply(200, &changed[0]),
+                // A host name's every address.
+                _ => json_reply(200, &changed),
             }
         }
         Err(UnknownBackend(name)) => error_reply(404, &format!("unknown backend {name:?}")),

@@ -1,7 +1,7 @@
 //! The chart's history: a bounded ring of samples of every backend's active connections,
 //! taken every [`SAMPLE_EVERY`](super::SAMPLE_EVERY).
 
-use crate::balancer::{Balancer, Snapshot};
+use crate::balancer::{Balancer, Services};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,8 +20,8 @@ pub(super) struct History {
 #[derive(Debug)]
 pub(super) struct Sample {
     pub(super) at: Instant,
-    /// Active connections by backend name, in configuration order.
-    pub(super) active: Vec<(String, u64)>,
+    /// Active connections by service and backend name, in configuration order.
+    pub(super) active: Vec<((String, String), u64)>,
 }
 
 impl History {
@@ -39,31 +39,35 @@ impl History {
         self.samples.push_back(sample);
     }
 
-    /// The retained samples as columns: one series per backend of `snapshot` (`null` where a
-    /// sample predates the backend), oldest first.
-    pub(super) fn view(&self, snapshot: &Snapshot, now: Instant) -> HistoryStatus {
+    /// The retained samples as columns: one series per backend of every service (`null`
+    /// where a sample predates the backend), oldest first.
+    pub(super) fn view(&self, services: &Services, now: Instant) -> HistoryStatus {
         let ages_seconds = self
             .samples
             .iter()
             .map(|s| seconds(now.saturating_duration_since(s.at)))
             .collect();
-        let series = snapshot
-            .backends
-            .iter()
-            .map(|b| SeriesStatus {
-                backend: b.name.clone(),
-                active: self
-                    .samples
-                    .iter()
-                    .map(|s| {
-                        s.active
-                            .iter()
-                            .find(|(name, _)| *name == b.name)
-                            .map(|&(_, n)| n)
-                    })
-                    .collect(),
-            })
-            .collect();
+        let mut series = Vec::new();
+        for service in &services.list {
+            for b in &service.snapshot().backends {
+                series.push(SeriesStatus {
+                    service: service.name.clone(),
+                    backend: b.name.clone(),
+                    active: self
+                        .samples
+                        .iter()
+                        .map(|s| {
+                            s.active
+                                .iter()
+                                .find(|((in_service, name), _)| {
+                                    *in_service == service.name && *name == b.name
+                                })
+                                .map(|&(_, n)| n)
+                        })
+                        .collect(),
+                });
+            }
+        }
         HistoryStatus {
             interval_seconds: seconds(SAMPLE_EVERY),
             capacity: self.capacity,
@@ -86,14 +90,16 @@ pub(super) async fn sample_history(
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let snapshot = balancer.snapshot();
+        let mut active = Vec::new();
+        for service in &balancer.services().list {
+            for b in &service.snapshot().backends {
+                let key = (service.name.clone(), b.name.clone());
+                active.push((key, b.stats().active.load(Ordering::Relaxed)));
+            }
+        }
         let sample = Sample {
             at: Instant::now(),
-            active: snapshot
-                .backends
-                .iter()
-                .map(|b| (b.name.clone(), b.stats().active.load(Ordering::Relaxed)))
-                .collect(),
+            active,
         };
         lock(&history).push(sample);
     }

@@ -1,15 +1,16 @@
 //! Prometheus metrics in the text exposition format 0.0.4.
 
 use crate::backend::{Backend, Stats};
-use crate::balancer::{Balancer, DEFAULT_SERVICE, Snapshot};
+use crate::balancer::{Balancer, Count, Services, Snapshot};
 use crate::histogram::{Histogram, Reading};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::*;
 
 /// The Prometheus text exposition format 0.0.4.
-pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
+pub(super) fn metrics(balancer: &Balancer, services: &Services) -> String {
     let mut out = String::with_capacity(4096);
     let totals = &balancer.totals;
     family(
@@ -34,54 +35,44 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
         "ballast_uptime_seconds {}",
         balancer.started.elapsed().as_secs_f64()
     );
-    let accepted = totals.accepted.load(Ordering::Relaxed);
-    let no_backend = totals.no_backend.load(Ordering::Relaxed);
-    let bad_header = totals.bad_proxy_header.load(Ordering::Relaxed);
-    counter(
-        &mut out,
-        "ballast_connections_accepted_total",
-        "Client connections accepted.",
-        "",
-        accepted,
-    );
-    counter(
-        &mut out,
-        "ballast_connections_no_backend_total",
-        "Client connections closed because no backend could take them.",
-        "",
-        no_backend,
-    );
-    counter(
-        &mut out,
-        "ballast_connections_bad_proxy_header_total",
-        "Client connections closed for a missing, malformed, truncated or slow PROXY header.",
-        "",
-        bad_header,
-    );
-    // One service for now, so its totals are the balancer's.
-    let service = format!("service=\"{}\"", escape_label(DEFAULT_SERVICE));
-    let service_labels = format!("{{{service}}}");
-    counter(
-        &mut out,
-        "ballast_service_connections_accepted_total",
-        "Client connections accepted by the service.",
-        &service_labels,
-        accepted,
-    );
-    counter(
-        &mut out,
-        "ballast_service_connections_no_backend_total",
-        "Client connections of the service closed because no backend could take them.",
-        &service_labels,
-        no_backend,
-    );
-    counter(
-        &mut out,
-        "ballast_service_connections_bad_proxy_header_total",
-        "Client connections of the service closed for a bad or missing PROXY header.",
-        &service_labels,
-        bad_header,
-    );
+    // (name without its prefix, help for the process, help for a service, which total)
+    type Total = (&'static str, &'static str, &'static str, Count);
+    let counts: [Total; 3] = [
+        (
+            "connections_accepted_total",
+            "Client connections accepted.",
+            "Client connections accepted by the service.",
+            Count::Accepted,
+        ),
+        (
+            "connections_no_backend_total",
+            "Client connections closed because no backend could take them.",
+            "Client connections of the service closed because no backend could take them.",
+            Count::NoBackend,
+        ),
+        (
+            "connections_bad_proxy_header_total",
+            "Client connections closed for a missing, malformed, truncated or slow PROXY header.",
+            "Client connections of the service closed for a bad or missing PROXY header.",
+            Count::BadProxyHeader,
+        ),
+    ];
+    for (name, help, _, which) in counts {
+        let name = format!("ballast_{name}");
+        counter(&mut out, &name, help, "", totals.get(which));
+    }
+    for (name, _, help, which) in counts {
+        let name = format!("ballast_service_{name}");
+        family(&mut out, &name, "counter", help);
+        for service in &services.list {
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{}\"}} {}",
+                escape_label(&service.name),
+                service.totals.get(which)
+            );
+        }
+    }
 
     type Value = fn(&Backend, &Snapshot) -> Option<String>;
     let per_backend: [(&str, &str, &str, Value); 9] = [
@@ -161,14 +152,28 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
             |b, s| Some(configured_weight(b, s).to_string()),
         ),
     ];
-    let labels: Vec<String> = snapshot
-        .backends
+    let snapshots: Vec<(String, Arc<Snapshot>)> = services
+        .list
         .iter()
-        .map(|b| format!("{service},backend=\"{}\"", escape_label(&b.name)))
+        .map(|s| {
+            (
+                format!("service=\"{}\"", escape_label(&s.name)),
+                s.snapshot(),
+            )
+        })
+        .collect();
+    let rows: Vec<(&Arc<Backend>, &Snapshot, String)> = snapshots
+        .iter()
+        .flat_map(|(service, snapshot)| {
+            snapshot.backends.iter().map(move |b| {
+                let labels = format!("{service},backend=\"{}\"", escape_label(&b.name));
+                (b, snapshot.as_ref(), labels)
+            })
+        })
         .collect();
     for (name, kind, help, value) in per_backend {
         family(&mut out, name, kind, help);
-        for (b, labels) in snapshot.backends.iter().zip(&labels) {
+        for (b, snapshot, labels) in &rows {
             if let Some(v) = value(b, snapshot) {
                 let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
@@ -190,7 +195,7 @@ pub(super) fn metrics(balancer: &Balancer, snapshot: &Snapshot) -> String {
     ];
     for (name, help, durations) in histograms {
         family(&mut out, name, "histogram", help);
-        for (b, labels) in snapshot.backends.iter().zip(&labels) {
+        for (b, _, labels) in &rows {
             histogram(&mut out, name, labels, &durations(b.stats()).read());
         }
     }

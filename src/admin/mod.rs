@@ -105,7 +105,7 @@ pub(crate) async fn serve(
 ) -> io::Result<()> {
     if let Ok(local) = listener.local_addr()
         && !local.ip().is_loopback()
-        && balancer.snapshot().config.admin_token.is_none()
+        && balancer.services().config.admin_token.is_none()
     {
         warn!(
             "admin listener on {local} is not on loopback and has no admin_token: \
@@ -287,7 +287,7 @@ mod tests {
         for i in 0..5u64 {
             h.push(Sample {
                 at: start + Duration::from_secs(i),
-                active: vec![("a".into(), i)],
+                active: vec![(("s".into(), "a".into()), i)],
             });
         }
         assert_eq!(h.samples.len(), 3);

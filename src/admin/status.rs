@@ -1,7 +1,7 @@
 //! The status: the JSON document behind `/api/status` and the page rendered from it.
 
 use crate::backend::Backend;
-use crate::balancer::Snapshot;
+use crate::balancer::{Count, Service, Services, Snapshot, Totals};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,12 +13,23 @@ use super::*;
 pub(crate) struct Status {
     pub version: &'static str,
     pub uptime_seconds: f64,
-    /// The configured listen address.
-    pub listen: String,
+    /// Every service together, removed ones included.
+    pub totals: TotalsStatus,
+    /// The services, in configuration order.
+    pub services: Vec<ServiceStatus>,
+    pub history: HistoryStatus,
+}
+
+/// One service: where it listens, how it picks, its totals and its backends.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServiceStatus {
+    pub name: String,
+    /// The configured listen addresses.
+    pub listen: Vec<String>,
     pub algorithm: String,
+    pub accept_proxy: bool,
     pub totals: TotalsStatus,
     pub backends: Vec<BackendStatus>,
-    pub history: HistoryStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,8 +38,21 @@ pub(crate) struct TotalsStatus {
     pub accepted: u64,
     /// Clients closed because no backend could take them.
     pub no_backend: u64,
-    /// Connections open to all backends now.
+    /// Clients closed for a missing, malformed, truncated or slow PROXY header.
+    pub bad_proxy_header: u64,
+    /// Connections open to backends now.
     pub active: u64,
+}
+
+impl TotalsStatus {
+    fn new(totals: &Totals, active: u64) -> TotalsStatus {
+        TotalsStatus {
+            accepted: totals.get(Count::Accepted),
+            no_backend: totals.get(Count::NoBackend),
+            bad_proxy_header: totals.get(Count::BadProxyHeader),
+            active,
+        }
+    }
 }
 
 /// How a backend stands for new connections.
@@ -47,6 +71,8 @@ pub(crate) enum State {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct BackendStatus {
+    /// Unique within the service: the configured name, or `name@address` for each
+    /// address a host name resolved to.
     pub name: String,
     pub addr: String,
     pub state: State,
@@ -92,30 +118,48 @@ pub(crate) struct HistoryStatus {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct SeriesStatus {
+    pub service: String,
     pub backend: String,
     pub active: Vec<Option<u64>>,
 }
 
-pub(super) fn status(ctx: &Ctx, snapshot: &Snapshot) -> Status {
+pub(super) fn status(ctx: &Ctx, services: &Services) -> Status {
     let now = Instant::now();
-    let backends: Vec<BackendStatus> = snapshot
-        .backends
+    let services: Vec<ServiceStatus> = services
+        .list
         .iter()
-        .map(|b| backend_status(b, snapshot, now))
+        .map(|service| service_status(service, now))
         .collect();
-    let totals = &ctx.balancer.totals;
+    let active = services.iter().map(|s| s.totals.active).sum();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: seconds(ctx.balancer.started.elapsed()),
-        listen: snapshot.config.listen.to_string(),
+        totals: TotalsStatus::new(&ctx.balancer.totals, active),
+        history: lock(&ctx.history).view(&ctx.balancer.services(), now),
+        services,
+    }
+}
+
+fn service_status(service: &Service, now: Instant) -> ServiceStatus {
+    let snapshot = service.snapshot();
+    let backends: Vec<BackendStatus> = snapshot
+        .backends
+        .iter()
+        .map(|b| backend_status(b, &snapshot, now))
+        .collect();
+    let active = backends.iter().map(|b| b.active).sum();
+    ServiceStatus {
+        name: service.name.clone(),
+        listen: snapshot
+            .config
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
         algorithm: snapshot.config.algorithm.to_string(),
-        totals: TotalsStatus {
-            accepted: totals.accepted.load(Ordering::Relaxed),
-            no_backend: totals.no_backend.load(Ordering::Relaxed),
-            active: backends.iter().map(|b| b.active).sum(),
-        },
+        accept_proxy: snapshot.config.accept_proxy,
+        totals: TotalsStatus::new(&service.totals, active),
         backends,
-        history: lock(&ctx.history).view(snapshot, now),
     }
 }
 
@@ -137,7 +181,7 @@ pub(super) fn configured_weight(b: &Backend, snapshot: &Snapshot) -> u32 {
         .config
         .backends
         .iter()
-        .find(|c| c.name == b.name)
+        .find(|c| c.name == b.config.name)
         .map_or(b.weight, |c| c.weight)
 }
 

@@ -110,19 +110,13 @@ pub(super) fn describe_ron_error(code: &ron::Error) -> String {
     }
 }
 
-/// Finds the `nth` (0-based) place where `key:` is written, followed by `value` when given,
-/// as a 1-based (line, column) of that value (inside it, if quoted), or of the key when no
-/// value is given. Comments and string contents are skipped, so a mention there is not
-/// taken for it.
-pub(super) fn locate_key(
-    text: &str,
-    key: &str,
-    value: Option<&str>,
-    nth: usize,
-) -> Option<(usize, usize)> {
-    let mut seen = 0;
+/// Finds where the top-level `key:` (inside the file's outer parentheses, not within a
+/// nested entry) is written, as a 1-based (line, column). Comments and string contents are
+/// skipped, so a mention there is not taken for it.
+pub(super) fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -143,31 +137,23 @@ pub(super) fn locate_key(
                 }
                 i += 1;
             }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
             b if is_ident(b) => {
                 let start = i;
                 while i < bytes.len() && is_ident(bytes[i]) {
                     i += 1;
                 }
-                let rest = text[i..].trim_start();
-                let wanted = rest
-                    .strip_prefix(':')
-                    .is_some_and(|after| value.is_none_or(|v| after.trim_start().starts_with(v)));
-                if &text[start..i] == key && wanted {
-                    if seen < nth {
-                        seen += 1;
-                        continue;
-                    }
-                    // Inside a quoted value, like ron's own positions.
-                    let at = match value {
-                        Some(v) => {
-                            text.len() - rest[1..].trim_start().len()
-                                + usize::from(v.starts_with('"'))
-                        }
-                        None => start,
-                    };
-                    let before = &text[..at];
+                if depth == 1 && &text[start..i] == key && text[i..].trim_start().starts_with(':') {
+                    let before = &text[..start];
                     let line = before.matches('\n').count() + 1;
-                    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+                    let col = before.rfind('\n').map_or(start, |nl| start - nl - 1) + 1;
                     return Some((line, col));
                 }
             }

@@ -35,18 +35,42 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
 /// Default time one direction may stay open after the other has finished.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(60);
+/// Default number of pipes splicing may hold at once (`relay.max_pipes`).
+pub const DEFAULT_MAX_PIPES: usize = 1024;
 /// Default path of the load endpoint polled in WorkloadSensitive mode.
 pub const DEFAULT_LOAD_PATH: &str = "/load";
 
-/// A validated configuration.
+/// A validated configuration: the process-wide settings and the services it serves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// The address clients connect to.
-    pub listen: SocketAddr,
-    /// How a backend is picked for each connection.
-    pub algorithm: Algorithm,
     /// Accept loops, each on its own thread with its own runtime (default: one per CPU).
     pub workers: usize,
+    /// The services, in configuration order (at least one; names unique, and no address
+    /// listened on by two of them).
+    pub services: Vec<ServiceConfig>,
+    /// Pipes (two descriptors each) that splicing may use at once across every service;
+    /// beyond it, directions copy.
+    pub max_pipes: usize,
+    /// How backends given by host name are resolved.
+    pub dns: DnsConfig,
+    /// Where the admin listener (status page, metrics, runtime API) binds; off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// When set, admin requests must carry `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+}
+
+/// One service: the addresses it listens on and the backends its clients are relayed to,
+/// with its own timeouts, limits, relay, health checks, load polls and access log (the
+/// file's top-level sections, where the service sets none of its own).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// Its name: unique, shown in logs, metrics and the status page. The single-service
+    /// form of the file names its one service [`DEFAULT_SERVICE`].
+    pub name: String,
+    /// The addresses clients connect to (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// How a backend is picked for each connection.
+    pub algorithm: Algorithm,
     /// The backends, in configuration order (at least one, names unique).
     pub backends: Vec<BackendConfig>,
     /// Connect, idle, half-close and shutdown-grace limits.
@@ -59,15 +83,61 @@ pub struct Config {
     pub health: HealthConfig,
     /// The `/load` poller of `WorkloadSensitive` mode.
     pub load_poll: LoadPollConfig,
-    /// Where the admin listener (status page, metrics, runtime API) binds; off when `None`.
-    pub admin: Option<SocketAddr>,
-    /// When set, admin requests must carry `Authorization: Bearer <token>`.
-    pub admin_token: Option<String>,
     /// The level of the one-line-per-connection access log.
     pub access_log: AccessLog,
     /// Every client starts with a PROXY protocol header (v1 or v2): a balancer stands in
     /// front, and the header's address is the client's from then on.
     pub accept_proxy: bool,
+}
+
+/// The name of the one service of the single-service form (top-level `listen`,
+/// `algorithm` and `backends`).
+pub const DEFAULT_SERVICE: &str = "default";
+
+/// Default time between two resolutions of a backend's host name.
+pub const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How host names of backends are resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The servers queried; empty means the system's configuration (`/etc/resolv.conf` and
+    /// `/etc/hosts`).
+    pub servers: Vec<SocketAddr>,
+    /// Time between two resolutions of each name.
+    pub interval: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            interval: DEFAULT_DNS_INTERVAL,
+        }
+    }
+}
+
+/// Where a backend is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendAddr {
+    /// One address.
+    Ip(SocketAddr),
+    /// A DNS host name (lower case, no trailing dot) and port: one backend per address the
+    /// name resolves to (A and AAAA records), re-resolved every [`DnsConfig::interval`].
+    Name {
+        /// The host name.
+        host: String,
+        /// The port on every address it resolves to.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::Ip(addr) => write!(f, "{addr}"),
+            BackendAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// Level of the access log; `Off` silences it.
@@ -87,8 +157,6 @@ pub enum AccessLog {
 pub struct RelayConfig {
     /// When a direction splices instead of copying.
     pub splice: Splice,
-    /// Pipes (two descriptors each) that splicing may use at once; beyond it, copy.
-    pub max_pipes: usize,
     /// Bytes of pipe asked for per splicing direction (HAProxy's `tune.pipesize`): the most
     /// a direction parks in its pipe. The kernel rounds it up to a power of two pages.
     pub pipe_size: usize,
@@ -98,7 +166,6 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             splice: Splice::Auto,
-            max_pipes: 1024,
             pipe_size: crate::relay::zero_copy::DEFAULT_PIPE_SIZE,
         }
     }
@@ -132,13 +199,14 @@ pub struct BackendConfig {
     /// Its name: unique, shown in logs, metrics and the status page.
     pub name: String,
     /// Where its clients' connections go.
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     /// 0 means drained: the backend takes no new connections.
     pub weight: u32,
     /// How the active health check probes this backend.
     pub check: Check,
-    /// Where the load agent listens (the backend's own address unless configured).
-    pub load_addr: SocketAddr,
+    /// Where the load agent listens; `None`: the backend's own address (each resolved
+    /// address, for a host name).
+    pub load_addr: Option<SocketAddr>,
     /// The path polled for the load percentage.
     pub load_path: String,
     /// Concurrent connections this backend takes; a full backend is skipped.
@@ -259,6 +327,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let ron_options = ron::Options::default()
             .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+        let scope = ParseScope::begin();
         let raw: RawConfig = ron_options
             .from_str(text)
             .map_err(|e| ConfigError::Syntax {
@@ -267,115 +336,172 @@ impl Config {
                 col: e.span.start.col,
                 message: describe_ron_error(&e.code),
             })?;
-        for (i, b) in raw.backends.0.iter().enumerate() {
-            if raw.backends.0[..i]
-                .iter()
-                .any(|earlier| earlier.name.0 == b.name.0)
-            {
-                let quoted = format!("{:?}", b.name.0);
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    position: locate_key(text, "name", Some(&quoted), 1),
-                    message: format!("duplicate backend name {quoted}: names must be unique"),
-                });
-            }
-        }
-        let health = health_config(raw.health);
-        let poll_defaults = LoadPollConfig::default();
-        let load_poll = LoadPollConfig {
-            interval: raw
-                .load_poll
-                .interval
-                .map_or(poll_defaults.interval, |d| d.0),
-            timeout: raw.load_poll.timeout.map_or(poll_defaults.timeout, |d| d.0),
+        drop(scope);
+        let invalid = |position, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            position,
+            message,
         };
-        let backends = raw
-            .backends
-            .0
-            .into_iter()
-            .map(|b| BackendConfig {
-                name: b.name.0,
-                addr: b.addr.0,
-                weight: b.weight.get() as u32,
-                check: b.check.map_or_else(|| health.check.clone(), Check::from),
-                load_addr: b.load_addr.map_or(b.addr.0, |a| a.0),
-                load_path: b
-                    .load_path
-                    .map_or_else(|| DEFAULT_LOAD_PATH.to_string(), |p| p.0),
-                max_connections: b.max_connections.map(|m| m.get()),
-                send_proxy: b.send_proxy,
-            })
-            .collect();
-
-        let defaults = Timeouts::default();
-        let timeouts = Timeouts {
-            connect: raw.timeouts.connect.map_or(defaults.connect, |d| d.0),
-            idle: raw.timeouts.idle.map_or(defaults.idle, |d| d.0),
-            half_close: raw.timeouts.half_close.map_or(defaults.half_close, |d| d.0),
-            grace: raw.timeouts.grace.map_or(defaults.grace, |d| d.0),
-        };
-        let default_limits = Limits::default();
-        let default_relay = RelayConfig::default();
-        let limits = Limits {
-            max_connections: raw
-                .limits
-                .max_connections
-                .map_or(default_limits.max_connections, |m| {
-                    usize::try_from(m.get()).unwrap_or(usize::MAX)
-                }),
-            queue: raw.limits.queue.unwrap_or(default_limits.queue),
-            queue_timeout: raw
-                .limits
-                .queue_timeout
-                .map_or(default_limits.queue_timeout, |d| d.0),
-        };
-        let workers = match raw.workers {
-            Some(n) => n.get() as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        // Port 0 asks the system for a free port each, so only fixed ports can collide.
-        if raw
-            .admin
-            .as_ref()
-            .is_some_and(|a| a.0 == raw.listen.0 && a.0.port() != 0)
-        {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                position: locate_key(text, "admin", None, 0),
-                message: "admin must listen on another address than listen".into(),
-            });
-        }
-        Ok(Config {
-            listen: raw.listen.0,
-            algorithm: raw.algorithm,
-            workers,
-            backends,
-            timeouts,
-            limits,
+        let defaults = Defaults {
+            timeouts: timeouts(raw.timeouts, Timeouts::default()),
+            limits: limits(raw.limits, Limits::default()),
             relay: RelayConfig {
                 splice: raw.relay.splice.unwrap_or_default(),
-                max_pipes: raw.relay.max_pipes.unwrap_or(default_relay.max_pipes),
                 pipe_size: raw
                     .relay
                     .pipe_size
-                    .map_or(default_relay.pipe_size, |size| size.get() as usize),
+                    .map_or(RelayConfig::default().pipe_size, |size| size.get() as usize),
             },
-            health,
-            load_poll,
-            admin: raw.admin.map(|a| a.0),
+            health: health_config(raw.health, HealthConfig::default()),
+            load_poll: load_poll(raw.load_poll, LoadPollConfig::default()),
+            access_log: raw.access_log.unwrap_or_default(),
+        };
+        let single = [
+            ("listen", raw.listen.is_some()),
+            ("algorithm", raw.algorithm.is_some()),
+            ("backends", raw.backends.is_some()),
+            ("accept_proxy", raw.accept_proxy.is_some()),
+        ];
+        let services = match raw.services {
+            Some(services) => {
+                if let Some((key, _)) = single.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        locate_key(text, key),
+                        format!(
+                            "top-level `{key}` beside `services`: write each service's `listen`, `algorithm`, `backends` and `accept_proxy` inside its entry of `services`"
+                        ),
+                    ));
+                }
+                services
+                    .0
+                    .into_iter()
+                    .map(|service| service_config(service, &defaults))
+                    .collect()
+            }
+            None => {
+                let (Some(listen), Some(algorithm), Some(backends)) =
+                    (raw.listen, raw.algorithm, raw.backends)
+                else {
+                    let missing = single
+                        .iter()
+                        .take(3)
+                        .find(|(_, set)| !set)
+                        .map_or("listen", |(key, _)| key);
+                    let end = text.trim_end();
+                    let line = end.matches('\n').count() + 1;
+                    let col = end.rfind('\n').map_or(end.len(), |nl| end.len() - nl - 1);
+                    return Err(invalid(
+                        Some((line, col.max(1))),
+                        format!(
+                            "missing field `{missing}`: expected `listen`, `algorithm` and `backends` (one service), or `services: [...]`"
+                        ),
+                    ));
+                };
+                vec![service_config(
+                    RawService {
+                        name: ServiceName(DEFAULT_SERVICE.to_string()),
+                        listen,
+                        algorithm,
+                        backends,
+                        accept_proxy: raw.accept_proxy,
+                        timeouts: None,
+                        limits: None,
+                        relay: None,
+                        health: None,
+                        load_poll: None,
+                        access_log: None,
+                    },
+                    &defaults,
+                )]
+            }
+        };
+        let admin = raw.admin.map(|a| a.0);
+        let listened: Vec<&SocketAddr> = services
+            .iter()
+            .flat_map(|s: &ServiceConfig| &s.listen)
+            .collect();
+        if let Some(admin) = admin
+            && let Some(taken) = listened.iter().find(|&&&l| raw::overlap(l, admin))
+        {
+            return Err(invalid(
+                locate_key(text, "admin"),
+                format!("admin must listen on another address than the services ({taken})"),
+            ));
+        }
+        let dns_defaults = DnsConfig::default();
+        let dns = raw.dns.unwrap_or_default();
+        Ok(Config {
+            workers: match raw.workers {
+                Some(n) => n.get() as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+            services,
+            max_pipes: raw.relay.max_pipes.unwrap_or(DEFAULT_MAX_PIPES),
+            dns: DnsConfig {
+                servers: dns.servers.map_or(dns_defaults.servers, |s| {
+                    s.into_iter().map(|s| s.0).collect()
+                }),
+                interval: dns.interval.map_or(dns_defaults.interval, |i| i.0),
+            },
+            admin,
             admin_token: raw.admin_token.map(|t| t.0),
-            access_log: raw.access_log,
-            accept_proxy: raw.accept_proxy,
         })
     }
 
-    /// A one-screen human summary, printed by `ballast --check`.
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A one-screen human summary, printed by `ballast --check`: the process-wide settings,
+    /// then each service.
     pub fn summary(&self) -> String {
+        let mut out = format!("workers    {}\n", self.workers);
+        let admin = self.admin.map_or("off".to_string(), |a| {
+            let auth = if self.admin_token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            };
+            format!("http://{a}/{auth}")
+        });
+        out.push_str(&format!("admin      {admin}\n"));
+        out.push_str(&format!("pipes      up to {}\n", self.max_pipes));
+        if self.services.iter().any(ServiceConfig::resolves_names) {
+            let servers = if self.dns.servers.is_empty() {
+                "the system resolver (/etc/resolv.conf, /etc/hosts)".to_string()
+            } else {
+                let list: Vec<String> = self.dns.servers.iter().map(|s| s.to_string()).collect();
+                list.join(", ")
+            };
+            out.push_str(&format!(
+                "dns        {servers}, every {:?}\n",
+                self.dns.interval
+            ));
+        }
+        for service in &self.services {
+            out.push('\n');
+            out.push_str(&service.summary());
+        }
+        out
+    }
+}
+
+impl ServiceConfig {
+    /// Whether any backend is given by host name.
+    pub fn resolves_names(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| matches!(b.addr, BackendAddr::Name { .. }))
+    }
+
+    fn summary(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
         let mut out = format!(
-            "listen     {}\nalgorithm  {}\nworkers    {}\nbackends   {}\n",
-            self.listen,
+            "service    {}\n  listen     {}\n  algorithm  {}\n  backends   {}\n",
+            self.name,
+            listen.join(", "),
             self.algorithm,
-            self.workers,
             self.backends.len()
         );
         let width = self
@@ -386,6 +512,10 @@ impl Config {
             .unwrap_or(0);
         for b in &self.backends {
             let note = if b.weight == 0 { "  (drained)" } else { "" };
+            let dns = match b.addr {
+                BackendAddr::Name { .. } => "  (by DNS: one backend per address)",
+                BackendAddr::Ip(_) => "",
+            };
             let max = b
                 .max_connections
                 .map_or(String::new(), |m| format!("  max {m}"));
@@ -393,65 +523,139 @@ impl Config {
                 .send_proxy
                 .map_or(String::new(), |v| format!("  send_proxy {v:?}"));
             out.push_str(&format!(
-                "  {:width$}  {}  weight {}{max}{proxy}{note}\n",
+                "    {:width$}  {}  weight {}{max}{proxy}{note}{dns}\n",
                 b.name, b.addr, b.weight
             ));
         }
         let t = &self.timeouts;
         out.push_str(&format!(
-            "timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}\n",
+            "  timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}\n",
             t.connect, t.idle, t.half_close, t.grace
         ));
         out.push_str(&format!(
-            "relay      splice {:?}, up to {} pipes of {} bytes\n",
-            self.relay.splice, self.relay.max_pipes, self.relay.pipe_size
+            "  relay      splice {:?}, pipes of {} bytes\n",
+            self.relay.splice, self.relay.pipe_size
         ));
         let l = &self.limits;
         out.push_str(&format!(
-            "limits     {} connections, queue {} for up to {:?}\n",
+            "  limits     {} connections, queue {} for up to {:?}\n",
             l.max_connections, l.queue, l.queue_timeout
         ));
         let h = &self.health;
         out.push_str(&format!(
-            "health     {:?} every {:?}, timeout {:?}, rise {}, fall {}\n",
+            "  health     {:?} every {:?}, timeout {:?}, rise {}, fall {}\n",
             h.check, h.interval, h.timeout, h.rise, h.fall
         ));
         if self.algorithm == Algorithm::WorkloadSensitive {
             out.push_str(&format!(
-                "load poll  every {:?}, timeout {:?}\n",
+                "  load poll  every {:?}, timeout {:?}\n",
                 self.load_poll.interval, self.load_poll.timeout
             ));
         }
-        let admin = self.admin.map_or("off".to_string(), |a| {
-            let auth = if self.admin_token.is_some() {
-                " (bearer token required)"
-            } else {
-                ""
-            };
-            format!("http://{a}/{auth}")
-        });
-        out.push_str(&format!(
-            "admin      {admin}\naccess log {:?}\n",
-            self.access_log
-        ));
+        out.push_str(&format!("  access log {:?}\n", self.access_log));
         if self.accept_proxy {
-            out.push_str("clients    start with a PROXY header (accept_proxy)\n");
+            out.push_str("  clients    start with a PROXY header (accept_proxy)\n");
         }
         out
     }
 }
 
-fn health_config(raw: RawHealth) -> HealthConfig {
-    let d = HealthConfig::default();
+/// The top-level sections, which are every service's values unless it sets its own.
+struct Defaults {
+    timeouts: Timeouts,
+    limits: Limits,
+    relay: RelayConfig,
+    health: HealthConfig,
+    load_poll: LoadPollConfig,
+    access_log: AccessLog,
+}
+
+/// A service's values: each field it sets, else the top level's.
+fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
+    let health = raw.health.map_or_else(
+        || defaults.health.clone(),
+        |h| health_config(h, defaults.health.clone()),
+    );
+    let relay = raw.relay.map_or(defaults.relay, |r| RelayConfig {
+        splice: r.splice.unwrap_or(defaults.relay.splice),
+        pipe_size: r
+            .pipe_size
+            .map_or(defaults.relay.pipe_size, |size| size.get() as usize),
+    });
+    let backends = raw
+        .backends
+        .0
+        .into_iter()
+        .map(|b| BackendConfig {
+            name: b.name.0,
+            addr: b.addr.0,
+            weight: b.weight.get() as u32,
+            check: b.check.map_or_else(|| health.check.clone(), Check::from),
+            load_addr: b.load_addr.map(|a| a.0),
+            load_path: b
+                .load_path
+                .map_or_else(|| DEFAULT_LOAD_PATH.to_string(), |p| p.0),
+            max_connections: b.max_connections.map(|m| m.get()),
+            send_proxy: b.send_proxy,
+        })
+        .collect();
+    ServiceConfig {
+        name: raw.name.0,
+        listen: raw.listen.0,
+        algorithm: raw.algorithm,
+        backends,
+        timeouts: raw
+            .timeouts
+            .map_or(defaults.timeouts, |t| timeouts(t, defaults.timeouts)),
+        limits: raw
+            .limits
+            .map_or(defaults.limits, |l| limits(l, defaults.limits)),
+        relay,
+        health,
+        load_poll: raw
+            .load_poll
+            .map_or(defaults.load_poll, |p| load_poll(p, defaults.load_poll)),
+        access_log: raw.access_log.unwrap_or(defaults.access_log),
+        accept_proxy: raw.accept_proxy.unwrap_or(false),
+    }
+}
+
+fn timeouts(raw: RawTimeouts, base: Timeouts) -> Timeouts {
+    Timeouts {
+        connect: raw.connect.map_or(base.connect, |d| d.0),
+        idle: raw.idle.map_or(base.idle, |d| d.0),
+        half_close: raw.half_close.map_or(base.half_close, |d| d.0),
+        grace: raw.grace.map_or(base.grace, |d| d.0),
+    }
+}
+
+fn limits(raw: RawLimits, base: Limits) -> Limits {
+    Limits {
+        max_connections: raw.max_connections.map_or(base.max_connections, |m| {
+            usize::try_from(m.get()).unwrap_or(usize::MAX)
+        }),
+        queue: raw.queue.unwrap_or(base.queue),
+        queue_timeout: raw.queue_timeout.map_or(base.queue_timeout, |d| d.0),
+    }
+}
+
+fn load_poll(raw: RawLoadPoll, base: LoadPollConfig) -> LoadPollConfig {
+    LoadPollConfig {
+        interval: raw.interval.map_or(base.interval, |d| d.0),
+        timeout: raw.timeout.map_or(base.timeout, |d| d.0),
+    }
+}
+
+fn health_config(raw: RawHealth, base: HealthConfig) -> HealthConfig {
     let count = |c: Option<Checked<CheckCount>>, default: u32| {
         c.map_or(default, |c| u32::try_from(c.get()).unwrap_or(u32::MAX))
     };
     HealthConfig {
-        check: raw.check.map_or(d.check, Check::from),
-        interval: raw.interval.map_or(d.interval, |v| v.0),
-        timeout: raw.timeout.map_or(d.timeout, |v| v.0),
-        rise: count(raw.rise, d.rise),
-        fall: count(raw.fall, d.fall),
+        check: raw.check.map_or(base.check, Check::from),
+        interval: raw.interval.map_or(base.interval, |v| v.0),
+        timeout: raw.timeout.map_or(base.timeout, |v| v.0),
+        rise: count(raw.rise, base.rise),
+        fall: count(raw.fall, base.fall),
     }
 }
 
@@ -476,11 +680,15 @@ mod tests {
     #[test]
     fn parses_the_documented_format_with_default_weight() {
         let c = parse(GOOD).expect("valid");
-        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
-        assert_eq!(c.algorithm, Algorithm::WeightedRoundRobin);
-        let weights: Vec<u32> = c.backends.iter().map(|b| b.weight).collect();
+        let [s] = c.services.as_slice() else {
+            panic!("one service expected: {:?}", c.services)
+        };
+        assert_eq!(s.name, DEFAULT_SERVICE);
+        assert_eq!(s.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+        assert_eq!(s.algorithm, Algorithm::WeightedRoundRobin);
+        let weights: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
         assert_eq!(weights, vec![3, 5, 1]);
-        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(s.timeouts, Timeouts::default());
     }
 
     #[test]
@@ -490,8 +698,8 @@ mod tests {
             "timeouts: (connect: \"250ms\", grace: \"1m\"),\n    backends:",
         );
         let c = parse(&text).expect("valid");
-        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
-        assert_eq!(c.timeouts.grace, Duration::from_secs(60));
+        assert_eq!(c.services[0].timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.services[0].timeouts.grace, Duration::from_secs(60));
     }
 
     #[test]
@@ -534,7 +742,7 @@ mod tests {
         let e = parse(&GOOD.replace("127.0.0.1:8082", "127.0.0.1:99999")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:30: invalid address \"127.0.0.1:99999\": expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\""
+            "test.ron:6:30: invalid address \"127.0.0.1:99999\": expected IP:port or host:port such as \"127.0.0.1:8081\", \"[::1]:8081\" or \"web.internal:8080\""
         );
     }
 
@@ -550,7 +758,7 @@ mod tests {
         let e = parse(&GOOD.replace("\"vm5\"", "\"vm4\"")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:17: duplicate backend name \"vm4\": names must be unique"
+            "test.ron:6:17: duplicate backend name \"vm4\": names must be unique within a service"
         );
     }
 
@@ -594,7 +802,10 @@ mod tests {
             "{e}"
         );
         let e = parse(&GOOD.replace("listen: \"127.0.0.1:8080\",", "")).expect_err("invalid");
-        assert!(e.to_string().ends_with("missing field `listen`"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:9:1: missing field `listen`: expected `listen`, `algorithm` and `backends` (one service), or `services: [...]`"
+        );
     }
 
     #[test]
@@ -603,19 +814,191 @@ mod tests {
         let e = parse(&text).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:4:5: admin must listen on another address than listen"
+            "test.ron:4:5: admin must listen on another address than the services (127.0.0.1:8080)"
         );
     }
 
     #[test]
     fn keys_are_found_outside_comments_and_strings() {
         let text = "(\n  // admin: 1\n  /* admin: 2 */ note: \"admin: 3\",\n  admin: 4, name: \"a\", name: \"b\",\n)";
-        assert_eq!(locate_key(text, "admin", None, 0), Some((4, 3)));
-        assert_eq!(locate_key(text, "admin", None, 1), None);
-        assert_eq!(locate_key(text, "name", Some("\"b\""), 0), Some((4, 31)));
-        assert_eq!(locate_key(text, "name", Some("\"c\""), 0), None);
-        // A key that merely ends with the one sought does not count.
-        assert_eq!(locate_key("(my_admin: 1)", "admin", None, 0), None);
+        assert_eq!(locate_key(text, "admin"), Some((4, 3)));
+        assert_eq!(locate_key(text, "name"), Some((4, 13)));
+        // Inside a nested entry is not the top level.
+        assert_eq!(
+            locate_key("(a: (admin: 1), admin: 2)", "admin"),
+            Some((1, 17))
+        );
+        assert_eq!(locate_key("(my_admin: 1)", "admin"), None);
+    }
+
+    /// The example of the README's "Many services" section.
+    const SERVICES: &str = r#"(
+    services: [
+        (
+            name: "web",
+            listen: ["127.0.0.1:8080", "[::1]:8080"],
+            algorithm: WeightedRoundRobin,
+            backends: [
+                (name: "vm4", addr: "127.0.0.1:8081", weight: 3),
+                (name: "pods", addr: "Web.Internal.:8080"),
+                (name: "legacy", addr: "127.0.0.1:8090", send_proxy: V2),
+            ],
+            accept_proxy: true,
+            timeouts: (idle: "1h"),
+        ),
+        (name: "db", listen: "127.0.0.1:5432", algorithm: LeastConnections,
+         backends: [(name: "vm4", addr: "127.0.0.1:5433")]),
+    ],
+    timeouts: (connect: "250ms"),
+    admin: "127.0.0.1:9000",
+    dns: (servers: ["127.0.0.1:5353", "::1"], interval: "2s"),
+)"#;
+
+    #[test]
+    fn services_parse_with_their_own_sections_over_the_top_level() {
+        let c = parse(SERVICES).expect("valid");
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "db"]);
+        let web = &c.services[0];
+        assert_eq!(
+            web.listen,
+            vec![
+                "127.0.0.1:8080".parse::<SocketAddr>().expect("v4"),
+                "[::1]:8080".parse().expect("v6")
+            ]
+        );
+        assert_eq!(
+            web.backends[1].addr,
+            BackendAddr::Name {
+                host: "web.internal".into(),
+                port: 8080
+            }
+        );
+        assert!(web.accept_proxy && !c.services[1].accept_proxy);
+        // Field by field: the service's idle, the top level's connect, the default grace.
+        assert_eq!(web.timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(web.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(web.timeouts.grace, DEFAULT_GRACE);
+        assert_eq!(c.services[1].timeouts.idle, DEFAULT_IDLE);
+        assert_eq!(c.services[1].timeouts.connect, Duration::from_millis(250));
+        assert_eq!(
+            c.dns,
+            DnsConfig {
+                servers: vec![
+                    "127.0.0.1:5353".parse().expect("dns"),
+                    "[::1]:53".parse().expect("dns")
+                ],
+                interval: Duration::from_secs(2),
+            }
+        );
+        assert!(web.resolves_names() && !c.services[1].resolves_names());
+    }
+
+    #[test]
+    fn the_two_forms_do_not_mix() {
+        let text = SERVICES.replace("    admin:", "    algorithm: RoundRobin,\n    admin:");
+        let e = parse(&text).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:19:5: top-level `algorithm` beside `services`: write each service's `listen`, `algorithm`, `backends` and `accept_proxy` inside its entry of `services`"
+        );
+    }
+
+    #[test]
+    fn service_names_are_unique() {
+        let e = parse(&SERVICES.replace("name: \"db\"", "name: \"web\"")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:15:17: duplicate service name \"web\": service names must be unique"
+        );
+    }
+
+    #[test]
+    fn an_address_belongs_to_one_service() {
+        let e = parse(&SERVICES.replace("127.0.0.1:5432", "[::1]:8080")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:15:31: [::1]:8080 is already listened on by service \"web\": each address belongs to one service"
+        );
+        // A wildcard address takes every address of its port.
+        let e = parse(&SERVICES.replace("127.0.0.1:5432", "0.0.0.0:8080")).expect_err("invalid");
+        assert!(
+            e.to_string().contains(
+                "0.0.0.0:8080 is already listened on by service \"web\" (as 127.0.0.1:8080)"
+            ),
+            "{e}"
+        );
+        // Twice in one list, too.
+        let e =
+            parse(&SERVICES.replace("\"[::1]:8080\"", "\"127.0.0.1:8080\"")).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .starts_with("test.ron:5:41: 127.0.0.1:8080 is already"),
+            "{e}"
+        );
+        // Port 0 asks for a free port each time: no clash.
+        let free = SERVICES
+            .replace("127.0.0.1:5432", "127.0.0.1:0")
+            .replace("127.0.0.1:8080", "127.0.0.1:0");
+        parse(&free).expect("port 0 twice");
+    }
+
+    #[test]
+    fn pipes_are_counted_for_the_whole_process() {
+        let text = SERVICES.replace("timeouts: (idle: \"1h\"),", "relay: (max_pipes: 4),");
+        let e = parse(&text).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .contains("unknown field `max_pipes`: expected one of splice, pipe_size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_names_follow_rfc_1123() {
+        for good in ["localhost:80", "a-b.c_d.example:1", "x.:9"] {
+            let text = GOOD.replace("127.0.0.1:8083", good);
+            parse(&text).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "-a.example:80",
+            "a..b:80",
+            "host:99999",
+            "host",
+            "1.2.3.999:80",
+            "a b:1",
+        ] {
+            let text = GOOD.replace("127.0.0.1:8083", bad);
+            let e = parse(&text).expect_err(bad);
+            assert!(
+                e.to_string().contains("expected IP:port or host:port"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_summary_shows_each_service() {
+        let c = parse(SERVICES).expect("valid");
+        let summary = c.summary();
+        assert!(
+            summary.contains("dns        127.0.0.1:5353, [::1]:53, every 2s\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("service    web\n  listen     127.0.0.1:8080, [::1]:8080\n  algorithm  WeightedRoundRobin\n  backends   3\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "    pods    web.internal:8080  weight 1  (by DNS: one backend per address)\n"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("service    db\n  listen     127.0.0.1:5432\n"),
+            "{summary}"
+        );
     }
 
     #[test]

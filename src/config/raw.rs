@@ -3,18 +3,23 @@
 
 use serde::Deserialize;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::*;
 
+/// The file's top level: one service written at the top (`listen`, `algorithm`,
+/// `backends`, `accept_proxy`), or `services: [...]`; the sections are defaults for every
+/// service.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub(super) listen: Addr,
-    pub(super) algorithm: Algorithm,
+    pub(super) listen: Option<Listen>,
+    pub(super) algorithm: Option<Algorithm>,
+    pub(super) backends: Option<Backends>,
+    pub(super) accept_proxy: Option<bool>,
+    pub(super) services: Option<Services>,
     pub(super) workers: Option<Checked<Workers>>,
-    pub(super) backends: Backends,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
     #[serde(default)]
@@ -25,12 +30,289 @@ pub(super) struct RawConfig {
     pub(super) health: RawHealth,
     #[serde(default)]
     pub(super) load_poll: RawLoadPoll,
+    pub(super) access_log: Option<AccessLog>,
     pub(super) admin: Option<Addr>,
     pub(super) admin_token: Option<Token>,
-    #[serde(default)]
-    pub(super) access_log: AccessLog,
-    #[serde(default)]
-    pub(super) accept_proxy: bool,
+    pub(super) dns: Option<RawDns>,
+}
+
+/// One entry of `services`: its own listeners and backends, and its own values for any of
+/// the top-level sections.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: ServiceName,
+    pub(super) listen: Listen,
+    pub(super) algorithm: Algorithm,
+    pub(super) backends: Backends,
+    pub(super) accept_proxy: Option<bool>,
+    pub(super) timeouts: Option<RawTimeouts>,
+    pub(super) limits: Option<RawLimits>,
+    pub(super) relay: Option<RawServiceRelay>,
+    pub(super) health: Option<RawHealth>,
+    pub(super) load_poll: Option<RawLoadPoll>,
+    pub(super) access_log: Option<AccessLog>,
+}
+
+/// A service's own `relay` section: `max_pipes` is a budget of the whole process
+/// (HAProxy's `maxpipes` is global too), so only the top level sets it.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServiceRelay {
+    pub(super) splice: Option<Splice>,
+    pub(super) pipe_size: Option<Checked<PipeSize>>,
+}
+
+/// `dns: (servers: [...], interval: "5s")`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub(super) servers: Option<Vec<DnsServer>>,
+    pub(super) interval: Option<Positive>,
+}
+
+/// A DNS server: `IP:port`, or a bare IP for port 53.
+pub(super) struct DnsServer(pub(super) SocketAddr);
+
+impl<'de> Deserialize<'de> for DnsServer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let text = text.trim();
+        text.parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map(DnsServer)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid DNS server {text:?}: expected IP or IP:port such as \"127.0.0.1:5353\" or \"[::1]:53\""
+                ))
+            })
+    }
+}
+
+/// What one parse has seen so far, for the rules that span entries (unique service names,
+/// unique backend names within a service, no address listened on twice). Checked as each
+/// value is read, so that ron reports the offending value's own line and column; serde
+/// derives offer no other way to hand context down. Reset by [`ParseScope`].
+#[derive(Default)]
+struct Seen {
+    services: Vec<String>,
+    /// The service whose entry is being read, once its name is known.
+    service: Option<String>,
+    listen: Vec<(SocketAddr, Option<String>)>,
+    /// Backend names of the list being read.
+    backends: Option<Vec<String>>,
+}
+
+thread_local! {
+    static SEEN: std::cell::RefCell<Seen> = std::cell::RefCell::default();
+}
+
+fn seen<T>(f: impl FnOnce(&mut Seen) -> T) -> T {
+    SEEN.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// Starts the cross-entry rules afresh for one parse and clears them when dropped.
+pub(super) struct ParseScope(());
+
+impl ParseScope {
+    pub(super) fn begin() -> ParseScope {
+        seen(|s| *s = Seen::default());
+        ParseScope(())
+    }
+}
+
+impl Drop for ParseScope {
+    fn drop(&mut self) {
+        seen(|s| *s = Seen::default());
+    }
+}
+
+/// Whether listening on `a` and on `b` would take the same connections: the same port
+/// (other than 0, which asks for a free one) on the same address, or on a wildcard address
+/// of the same family (`[::]` also takes IPv4 where the system is dual-stack).
+pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |wide: IpAddr, other: IpAddr| match wide {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
+}
+
+/// A service name: not blank, unique in the file.
+pub(super) struct ServiceName(pub(super) String);
+
+impl<'de> Deserialize<'de> for ServiceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |name: &String| {
+            if name.trim().is_empty() {
+                return Err("a blank service name: expected a name such as \"web\"".into());
+            }
+            seen(|s| {
+                if s.services.contains(name) {
+                    return Err(format!(
+                        "duplicate service name {name:?}: service names must be unique"
+                    ));
+                }
+                s.services.push(name.clone());
+                s.service = Some(name.clone());
+                Ok(())
+            })
+        })
+        .map(ServiceName)
+    }
+}
+
+/// The list of services: at least one.
+pub(super) struct Services(pub(super) Vec<RawService>);
+
+impl<'de> Deserialize<'de> for Services {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Services;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of services")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Services, A::Error> {
+                let mut services = Vec::new();
+                loop {
+                    seen(|s| s.service = None);
+                    let Some(service) = seq.next_element::<RawService>()? else {
+                        break;
+                    };
+                    services.push(service);
+                }
+                if services.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "no services: `services` must list at least one (name: \"...\", listen: \"IP:port\", algorithm: ..., backends: [...])",
+                    ));
+                }
+                Ok(Services(services))
+            }
+        }
+        d.deserialize_seq(Entries)
+    }
+}
+
+/// The addresses a service listens on: one address, or a list of them.
+pub(super) struct Listen(pub(super) Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+        impl<'de> serde::de::Visitor<'de> for OneOrMany {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8080\", or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Listen, E> {
+                let addr = parse_addr(text).map_err(E::custom)?;
+                claim(addr).map_err(E::custom)?;
+                Ok(Listen(vec![addr]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Listen, A::Error> {
+                let mut addrs = Vec::new();
+                while let Some(ListenAddr(addr)) = seq.next_element()? {
+                    addrs.push(addr);
+                }
+                if addrs.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "no listen address: expected at least one, such as \"127.0.0.1:8080\"",
+                    ));
+                }
+                Ok(Listen(addrs))
+            }
+        }
+        d.deserialize_any(OneOrMany)
+    }
+}
+
+/// One address of a `listen` list, claimed for its service.
+struct ListenAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Addr(addr) = Addr::deserialize(d)?;
+        claim(addr).map_err(serde::de::Error::custom)?;
+        Ok(ListenAddr(addr))
+    }
+}
+
+/// Records that the service being read listens on `addr`, unless another listener of the
+/// file already takes its connections.
+fn claim(addr: SocketAddr) -> Result<(), String> {
+    seen(|s| {
+        if let Some((other, owner)) = s.listen.iter().find(|(other, _)| overlap(*other, addr)) {
+            let owner = match owner {
+                Some(name) => format!("service {name:?}"),
+                None => "another listener".to_string(),
+            };
+            let same = if *other == addr {
+                String::new()
+            } else {
+                format!(" (as {other})")
+            };
+            return Err(format!(
+                "{addr} is already listened on by {owner}{same}: each address belongs to one service"
+            ));
+        }
+        s.listen.push((addr, s.service.clone()));
+        Ok(())
+    })
+}
+
+/// Where a backend is: `IP:port`, or `host:port` with a DNS name resolved at run time.
+pub(super) struct Target(pub(super) BackendAddr);
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let trimmed = text.trim();
+        if let Ok(addr) = trimmed.parse::<SocketAddr>() {
+            return Ok(Target(BackendAddr::Ip(addr)));
+        }
+        let named = trimmed.rsplit_once(':').and_then(|(host, port)| {
+            let port: u16 = port.parse().ok()?;
+            is_host_name(host).then(|| BackendAddr::Name {
+                host: host.trim_end_matches('.').to_ascii_lowercase(),
+                port,
+            })
+        });
+        named.map(Target).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid address {text:?}: expected IP:port or host:port such as \"127.0.0.1:8081\", \"[::1]:8081\" or \"web.internal:8080\""
+            ))
+        })
+    }
+}
+
+/// A DNS host name (RFC 1123 section 2.1): dot-separated labels of letters, digits and
+/// hyphens (underscores allowed, as service records use them), 1 to 63 characters each,
+/// not starting or ending with a hyphen, 253 characters in all, not all digits (that would
+/// be a mistyped IP address).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(label_ok)
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[derive(Deserialize, Default)]
@@ -70,7 +352,7 @@ pub(super) struct RawLoadPoll {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
     pub(super) name: Name,
-    pub(super) addr: Addr,
+    pub(super) addr: Target,
     #[serde(default = "default_weight")]
     pub(super) weight: Checked<Weight>,
     pub(super) check: Option<RawCheck>,
@@ -101,9 +383,11 @@ impl<'de> Deserialize<'de> for Backends {
                 mut seq: A,
             ) -> Result<Backends, A::Error> {
                 let mut backends: Vec<RawBackend> = Vec::new();
+                seen(|s| s.backends = Some(Vec::new()));
                 while let Some(backend) = seq.next_element::<RawBackend>()? {
                     backends.push(backend);
                 }
+                seen(|s| s.backends = None);
                 if backends.is_empty() {
                     return Err(serde::de::Error::custom(
                         "no backends: `backends` must list at least one (name: \"...\", addr: \"host:port\")",
@@ -237,10 +521,18 @@ impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         held_to(d, |name: &String| {
             if name.trim().is_empty() {
-                Err("a blank backend name: expected a name such as \"vm4\"".into())
-            } else {
-                Ok(())
+                return Err("a blank backend name: expected a name such as \"vm4\"".into());
             }
+            seen(|s| match &mut s.backends {
+                Some(names) if names.contains(name) => Err(format!(
+                    "duplicate backend name {name:?}: names must be unique within a service"
+                )),
+                Some(names) => {
+                    names.push(name.clone());
+                    Ok(())
+                }
+                None => Ok(()),
+            })
         })
         .map(Name)
     }
@@ -313,12 +605,18 @@ pub(super) struct Addr(pub(super) SocketAddr);
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        text.trim().parse().map(Addr).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid address {text:?}: expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\""
-            ))
-        })
+        parse_addr(&text)
+            .map(Addr)
+            .map_err(serde::de::Error::custom)
     }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "invalid address {text:?}: expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\""
+        )
+    })
 }
 
 /// A duration written for humans: `"250ms"`, `"2s"`, `"5m"`, `"1h"`.

@@ -87,16 +87,21 @@ impl Site {
         }
     }
 
-    /// One listener per backend of `config`, in its order: on the backend's address, with
-    /// its name as ID.
+    /// One listener per backend of every service of `config`, in its order: on the
+    /// backend's address, with its name as ID. Backends given by host name are left out:
+    /// their addresses are not known before they are resolved.
     pub fn backends(config: &Config) -> Vec<Site> {
         config
-            .backends
+            .services
             .iter()
-            .map(|b| Site {
-                addr: b.addr,
-                id: Some(b.name.clone()),
-                named: true,
+            .flat_map(|s| &s.backends)
+            .filter_map(|b| match b.addr {
+                crate::config::BackendAddr::Ip(addr) => Some(Site {
+                    addr,
+                    id: Some(b.name.clone()),
+                    named: true,
+                }),
+                crate::config::BackendAddr::Name { .. } => None,
             })
             .collect()
     }

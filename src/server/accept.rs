@@ -1,13 +1,13 @@
 //! The accept loop of one worker: its listening socket, and accepting clients within the
 //! connection limit.
 
-use super::Acceptors;
 use super::session::serve_connection;
+use super::workers::Listening;
+use crate::balancer::{Count, Service};
 use crate::listener::{self, AcceptBackoff};
 use log::error;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 /// The socket accept loop `worker` accepts on. Worker 0 takes a duplicate of the shared
@@ -29,72 +29,59 @@ fn worker_socket(shared: &std::net::TcpListener, worker: usize) -> io::Result<Tc
     TcpListener::from_std(socket)
 }
 
-/// Accepts client connections for one worker until the listener is withdrawn, following
-/// the listener across reloads.
+/// Accepts clients of one listening address on one worker until the address stops being
+/// listened on.
 ///
-/// A worker takes a connection slot once it has accepted a client, not before: with a
-/// backlog per worker, a worker that took the last free slot while its backlog was empty
-/// would leave a client waiting in another's. At `max_connections` each worker holds at most
-/// the one client it accepted until a slot frees, and stops accepting; the others wait in
-/// the kernel's backlog.
-pub(super) async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
-    let mut sockets = acceptors.listener.subscribe();
+/// A worker takes a connection slot of the service once it has accepted a client, not
+/// before: with a backlog per worker, a worker that took the last free slot while its
+/// backlog was empty would leave a client waiting in another's. At `max_connections` each
+/// worker holds at most the one client it accepted until a slot frees, and stops accepting;
+/// the others wait in the kernel's backlog.
+pub(super) async fn accept_loop(listening: Arc<Listening>, worker: usize) {
+    let listener = worker_socket(&listening.socket, worker);
+    listening.started();
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(
+                "worker {worker}: cannot accept on {}: {e}",
+                listening.configured
+            );
+            return;
+        }
+    };
+    let service = &listening.service;
     let mut backoff = AcceptBackoff::new("accept");
-    'sockets: loop {
-        let current = sockets.borrow_and_update().clone();
-        let Some(current) = current else { return };
-        let listener = match worker_socket(&current.socket, worker) {
-            Ok(listener) => listener,
+    loop {
+        let slots = &service.slots;
+        let next = async {
+            let (client, peer) = listener.accept().await?;
+            let permit = match Arc::clone(slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match Arc::clone(slots).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return Ok(None),
+                },
+            };
+            Ok::<_, io::Error>(Some((permit, client, peer)))
+        };
+        let accepted = tokio::select! {
+            () = listening.stop.cancelled() => return,
+            accepted = next => accepted,
+        };
+        let (permit, client, peer) = match accepted {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => continue,
             Err(e) => {
-                error!("worker {worker}: cannot accept on the listener: {e}");
-                acceptors.switched_to(current.generation);
-                if sockets.changed().await.is_err() {
-                    return;
-                }
+                backoff.on_error(e).await;
                 continue;
             }
         };
-        acceptors.switched_to(current.generation);
-        drop(current);
-        loop {
-            let slots = &acceptors.slots;
-            let next = async {
-                let (client, peer) = listener.accept().await?;
-                let permit = match Arc::clone(slots).try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => match Arc::clone(slots).acquire_owned().await {
-                        Ok(permit) => permit,
-                        Err(_) => return Ok(None),
-                    },
-                };
-                Ok::<_, io::Error>(Some((permit, client, peer)))
-            };
-            let accepted = tokio::select! {
-                changed = sockets.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue 'sockets;
-                }
-                accepted = next => accepted,
-            };
-            let (permit, client, peer) = match accepted {
-                Ok(Some(accepted)) => accepted,
-                Ok(None) => continue,
-                Err(e) => {
-                    backoff.on_error(e).await;
-                    continue;
-                }
-            };
-            backoff.reset();
-            let balancer = &acceptors.balancer;
-            balancer.totals.accepted.fetch_add(1, Ordering::Relaxed);
-            let balancer = Arc::clone(balancer);
-            let cut_off = Arc::clone(&acceptors.cut_off);
-            acceptors
-                .connections
-                .spawn(connection_task(client, peer, balancer, cut_off, permit));
-        }
+        backoff.reset();
+        service.count(Count::Accepted);
+        service
+            .connections
+            .spawn(connection_task(client, peer, Arc::clone(service), permit));
     }
 }
 
@@ -109,12 +96,11 @@ pub(super) async fn accept_loop(acceptors: Arc<Acceptors>, worker: usize) {
 fn connection_task(
     client: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    balancer: Arc<crate::balancer::Balancer>,
-    cut_off: Arc<crate::relay::StopSignal>,
+    service: Arc<Service>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        serve_connection(client, peer, balancer, cut_off).await;
+        serve_connection(client, peer, service).await;
         drop(permit);
     }
 }
@@ -141,13 +127,8 @@ mod tests {
         let (client, peer) = listener.accept().await.expect("accept");
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let permit = slots.try_acquire_owned().expect("permit");
-        let task = connection_task(
-            client,
-            peer,
-            Arc::new(crate::balancer::Balancer::new(config)),
-            Arc::default(),
-            permit,
-        );
+        let service = Service::new(config.services[0].clone(), Arc::default(), Arc::default());
+        let task = connection_task(client, peer, Arc::new(service), permit);
         let size = std::mem::size_of_val(&task);
         assert!(
             size <= LARGEST_KNOWN_GOOD,

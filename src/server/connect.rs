@@ -2,7 +2,7 @@
 //! or time out, and wait in the bounded queue while every backend is full.
 
 use crate::backend::{Backend, ConnectionGuard};
-use crate::balancer::{Balancer, Snapshot};
+use crate::balancer::{Service, Snapshot};
 use crate::fault::{self, Fault};
 use log::{debug, error, warn};
 use std::io;
@@ -26,7 +26,7 @@ impl Drop for QueueSlot<'_> {
 pub(super) async fn connect_backend(
     peer: SocketAddr,
     snapshot: &Snapshot,
-    balancer: &Balancer,
+    balancer: &Service,
 ) -> Option<(ConnectionGuard, TcpStream)> {
     let mut tried: Vec<usize> = Vec::new();
     let mut queued: Option<(QueueSlot<'_>, tokio::time::Instant)> = None;

@@ -1,30 +1,34 @@
-//! The server's supervisor: worker threads and their accept loops, reloads, shutdown.
+//! The server's supervisor: the services' listening addresses, worker threads, reloads,
+//! shutdown.
 //!
-//! Each accepted connection gets a backend from the selector (failing over past backends
-//! that refuse or time out, queueing briefly when every backend is at its connection
-//! limit), then the relay. A new configuration is swapped in whole for new connections
-//! while established ones continue. On shutdown the listener closes at once and open
-//! connections get a bounded grace period to finish.
+//! Each accepted connection gets a backend from its service's selector (failing over past
+//! backends that refuse or time out, queueing briefly when every backend is at its
+//! connection limit), then the relay. A new configuration is swapped in for new
+//! connections while established ones continue: services it adds start listening, services
+//! it removes stop accepting at once and their connections get the service's grace period,
+//! services it keeps are reloaded in place. On shutdown every listener closes at once and
+//! open connections get a bounded grace period to finish.
 //!
-//! - `accept`: one worker's accept loop.
+//! - `workers`: the worker threads and the listening addresses they accept on.
+//! - `accept`: one worker's accept loop for one address.
 //! - `connect`: pick, connect, failover and the queue.
 //! - `session`: one connection from accept to close, and its access line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use log::{error, info, warn};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::Config;
+use crate::balancer::{Balancer, Service};
+use crate::config::{Config, ServiceConfig};
+use crate::dns::Resolved;
 use crate::listener;
 use crate::monitor;
 use crate::relay;
@@ -32,21 +36,222 @@ use crate::relay;
 mod accept;
 mod connect;
 mod session;
+mod workers;
 
-use crate::balancer::Balancer;
-use accept::accept_loop;
+use workers::{Listening, Workers};
 
-/// Serves `listener` with `config` until `shutdown` completes; see [`run_with_reloads`].
-///
-/// # Errors
-/// As [`run_with_reloads`].
-pub async fn run(
+/// A service's address, bound and not yet served.
+#[derive(Debug)]
+struct Bound {
+    service: String,
+    configured: SocketAddr,
+    socket: std::net::TcpListener,
+}
+
+/// A balancer whose listening addresses are bound; [`Server::run`] serves them.
+#[derive(Debug)]
+pub struct Server {
     config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let (_keep_open, reloads) = mpsc::channel(1);
-    run_with_reloads(config, listener, shutdown, reloads).await
+    bound: Vec<Bound>,
+}
+
+impl Server {
+    /// Binds every listening address of every service in `config` (IPv4 and IPv6 alike),
+    /// so that a port taken or not ours is reported before anything runs. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The first address that cannot be bound, with the service that asked for it.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let mut bound = Vec::new();
+        for service in &config.services {
+            for &addr in &service.listen {
+                bound.push(Bound {
+                    service: service.name.clone(),
+                    configured: addr,
+                    socket: bind_service(addr, &service.name, &[])?,
+                });
+            }
+        }
+        Ok(Server { config, bound })
+    }
+
+    /// Each bound address with the service it belongs to, in configuration order: the
+    /// actual port where the configuration asked for port 0.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.bound
+            .iter()
+            .map(|b| {
+                let addr = b.socket.local_addr().unwrap_or(b.configured);
+                (b.service.clone(), addr)
+            })
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes; see [`Server::run_with_reloads`].
+    ///
+    /// # Errors
+    /// As [`Server::run_with_reloads`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let (_keep_open, reloads) = mpsc::channel(1);
+        self.run_with_reloads(shutdown, reloads).await
+    }
+
+    /// Serves every service, switching to each configuration received on `reloads` (for
+    /// new connections; established ones continue), until `shutdown` completes. Then it
+    /// stops accepting and gives each service's open connections up to its grace period
+    /// before closing them.
+    ///
+    /// Connections are served by `config.workers` workers: one on the caller's runtime and
+    /// the others on threads of their own, each with a single-threaded runtime and its own
+    /// `SO_REUSEPORT` socket per address. A connection lives on one thread from accept to
+    /// close (nginx's worker model), so no wake-up crosses threads.
+    ///
+    /// # Errors
+    /// Only at start: a worker thread cannot be started, or the admin listener cannot bind
+    /// its address. Failures after that (accept errors, backends, addresses a reload cannot
+    /// bind) are logged and served around, never returned.
+    pub async fn run_with_reloads(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut reloads: mpsc::Receiver<Config>,
+    ) -> io::Result<()> {
+        let Server { config, bound } = self;
+        relay::zero_copy::set_max_pipes(config.max_pipes);
+        let resolved: Arc<Resolved> = Arc::default();
+        let balancer = Arc::new(Balancer::new(config, &resolved));
+        let finished = CancellationToken::new();
+        let workers = Workers::start(balancer.services().config.workers, &finished)?;
+        let mut supervisor = Supervisor {
+            balancer: Arc::clone(&balancer),
+            workers,
+            listening: HashMap::new(),
+            monitors: HashMap::new(),
+            background: TaskTracker::new(),
+            retiring: TaskTracker::new(),
+        };
+        let services = balancer.services();
+        for b in bound {
+            let Some(service) = services.get(&b.service) else {
+                continue;
+            };
+            supervisor
+                .listen(Arc::new(Listening::new(
+                    Arc::clone(service),
+                    b.configured,
+                    b.socket,
+                )))
+                .await;
+        }
+        for service in &services.list {
+            log_service("listening on", &supervisor.addrs_of(&service.name), service);
+            supervisor.start_monitors(service);
+        }
+        let stop_admin = CancellationToken::new();
+        let mut admin_stop = stop_admin.child_token();
+        // Started with the first admin listener and kept across its restarts.
+        let mut chart = None;
+        if let Some(addr) = services.config.admin {
+            let chart = chart_of(&mut chart, &balancer, &supervisor.background, &stop_admin);
+            admin_stop = start_admin(addr, &balancer, chart, &supervisor.background, &stop_admin)?;
+        }
+        drop(services);
+        let mut reloads_open = true;
+
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                () = &mut shutdown => Control::Shutdown,
+                config = reloads.recv(), if reloads_open => Control::Reload(config.map(Box::new)),
+            };
+            let config = match event {
+                Control::Shutdown => break,
+                Control::Reload(None) => {
+                    reloads_open = false;
+                    continue;
+                }
+                Control::Reload(Some(config)) => *config,
+            };
+            let current = balancer.services();
+            if config.admin != current.config.admin {
+                let next_admin = match config.admin {
+                    Some(addr) => match start_admin(
+                        addr,
+                        &balancer,
+                        chart_of(&mut chart, &balancer, &supervisor.background, &stop_admin),
+                        &supervisor.background,
+                        &stop_admin,
+                    ) {
+                        Ok(token) => token,
+                        Err(e) => {
+                            error!("reload rejected: {e}; keeping the running configuration");
+                            continue;
+                        }
+                    },
+                    None => stop_admin.child_token(),
+                };
+                admin_stop.cancel();
+                admin_stop = next_admin;
+            }
+            if let Err(e) = supervisor.reload(config, &resolved).await {
+                error!("reload rejected: {e}; keeping the running configuration");
+            }
+        }
+
+        // Stop accepting everywhere before anything else, so new clients are refused at once.
+        let listening: Vec<Arc<Listening>> = supervisor.listening.drain().map(|(_, l)| l).collect();
+        for l in &listening {
+            Workers::unlisten(l).await;
+        }
+        drop(listening);
+        let threads = supervisor.workers.finish();
+        for (_, stop) in supervisor.monitors.drain() {
+            stop.cancel();
+        }
+        stop_admin.cancel();
+        supervisor.background.close();
+        // Each service's grace period runs from now, side by side with the others'.
+        for service in &balancer.services().list {
+            supervisor
+                .retiring
+                .spawn(drain(Arc::clone(service), "shutting down"));
+        }
+        supervisor.retiring.close();
+        supervisor.retiring.wait().await;
+        finished.cancel();
+        supervisor.background.wait().await;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds `addr` for `service`. An address that a running listener already holds (moving
+/// from one service to another on reload) is shared with it rather than bound anew, which
+/// the plain-bind probe of [`listener::bind`] would refuse.
+fn bind_service(
+    addr: SocketAddr,
+    service: &str,
+    held: &[&Listening],
+) -> io::Result<std::net::TcpListener> {
+    if addr.port() != 0
+        && let Some(holder) = held.iter().find(|l| l.configured == addr)
+    {
+        return holder.socket.try_clone();
+    }
+    listener::bind(addr)
+        .and_then(tokio::net::TcpListener::into_std)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (service {service}): {e}"),
+            )
+        })
 }
 
 /// What woke the control loop.
@@ -55,245 +260,175 @@ enum Control {
     Reload(Option<Box<Config>>),
 }
 
-/// The listening socket that accept loops serve, numbered so that loops can report which one
-/// they have switched to.
-struct ListenSocket {
-    generation: u64,
-    socket: std::net::TcpListener,
-}
-
-/// What every accept loop shares, whichever thread it runs on.
-struct Acceptors {
+/// The supervisor's own state: what listens, what monitors, what drains.
+struct Supervisor {
     balancer: Arc<Balancer>,
-    /// The socket to accept on; `None` once the balancer stops accepting.
-    listener: watch::Sender<Option<Arc<ListenSocket>>>,
-    /// Loops that have switched to each generation of `listener`, for reloads to wait on.
-    switched: Mutex<HashMap<u64, usize>>,
-    switch_seen: Notify,
-    /// One permit per open client connection.
-    slots: Arc<Semaphore>,
-    /// Every client connection, on every worker.
-    connections: TaskTracker,
-    /// Raised when the grace period is over: remaining connections are closed.
-    cut_off: Arc<relay::StopSignal>,
-    /// Cancelled once every connection is gone: worker threads may end.
-    finished: CancellationToken,
+    workers: Workers,
+    /// Every listening address, by service name and configured address.
+    listening: HashMap<(String, SocketAddr), Arc<Listening>>,
+    /// The stop token of each service's health checks and load pollers.
+    monitors: HashMap<String, CancellationToken>,
+    background: TaskTracker,
+    /// Removed services whose connections are finishing.
+    retiring: TaskTracker,
 }
 
-impl Acceptors {
-    fn switched_to(&self, generation: u64) {
-        let mut switched = self.switched.lock().unwrap_or_else(PoisonError::into_inner);
-        *switched.entry(generation).or_insert(0) += 1;
-        self.switch_seen.notify_waiters();
+impl Supervisor {
+    async fn listen(&mut self, listening: Arc<Listening>) {
+        self.workers.listen(&listening).await;
+        let key = (listening.service.name.clone(), listening.configured);
+        self.listening.insert(key, listening);
     }
 
-    /// Waits (bounded) until `loops` accept loops serve `generation`, so the previous socket
-    /// is closed when a reload reports the new address.
-    async fn wait_switched(&self, generation: u64, loops: usize) {
-        let wait = async {
-            loop {
-                let seen = self.switch_seen.notified();
-                tokio::pin!(seen);
-                seen.as_mut().enable();
-                let count = {
-                    let switched = self.switched.lock().unwrap_or_else(PoisonError::into_inner);
-                    switched.get(&generation).copied().unwrap_or(0)
-                };
-                if count >= loops {
-                    return;
-                }
-                seen.await;
-            }
+    /// The addresses `service` listens on, in configuration order.
+    fn addrs_of(&self, service: &str) -> Vec<SocketAddr> {
+        let services = self.balancer.services();
+        let Some(config) = services.config.service(service) else {
+            return Vec::new();
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait)
-            .await
-            .is_err()
-        {
-            warn!("not every worker switched to the new listener within 5s");
+        config
+            .listen
+            .iter()
+            .filter_map(|&a| self.listening.get(&(service.to_string(), a)))
+            .map(|l| l.local_addr())
+            .collect()
+    }
+
+    /// (Re)starts the health checks and load pollers of `service`'s current backends.
+    fn start_monitors(&mut self, service: &Service) {
+        let stop = CancellationToken::new();
+        let snapshot = service.snapshot();
+        monitor::spawn(
+            &snapshot.backends,
+            &snapshot.config,
+            &self.background,
+            &stop,
+        );
+        if let Some(previous) = self.monitors.insert(service.name.clone(), stop) {
+            previous.cancel();
         }
     }
-}
 
-/// Serves `listener` with `config`, switching to each configuration received on `reloads`
-/// (for new connections; established ones continue), until `shutdown` completes. Then it
-/// stops accepting and gives open connections up to the grace period before closing them.
-///
-/// Connections are served by `config.workers` accept loops: one on the caller's runtime and
-/// the others on threads of their own, each with a single-threaded runtime and its own
-/// `SO_REUSEPORT` socket. A connection lives on one thread from accept to close (nginx's
-/// worker model), so no wake-up crosses threads.
-///
-/// # Errors
-/// Only at start: the listener's address cannot be read or its options set, a worker
-/// thread cannot be started, or the admin listener cannot bind its address. Failures after
-/// that (accept errors, backends, an admin address a reload cannot bind) are logged and
-/// served around, never returned.
-pub async fn run_with_reloads(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    mut reloads: mpsc::Receiver<Config>,
-) -> io::Result<()> {
-    log_config("listening on", listener.local_addr()?, &config);
-    // Clients accepted from the socket inherit it (see `bind`); a caller's own listener
-    // may not have it yet.
-    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
-    relay::limit_unsent(&listener);
-    let workers = config.workers;
-    relay::zero_copy::set_max_pipes(config.relay.max_pipes);
-    let slots = Semaphore::new(config.limits.max_connections);
-    let balancer = Arc::new(Balancer::new(config));
-    let mut generation = 0;
-    let first_socket = Arc::new(ListenSocket {
-        generation,
-        socket: listener.into_std()?,
-    });
-    let acceptors = Arc::new(Acceptors {
-        balancer: Arc::clone(&balancer),
-        listener: watch::Sender::new(Some(first_socket)),
-        switched: Mutex::new(HashMap::new()),
-        switch_seen: Notify::new(),
-        slots: Arc::new(slots),
-        connections: TaskTracker::new(),
-        cut_off: Arc::default(),
-        finished: CancellationToken::new(),
-    });
-    let accept_loops = TaskTracker::new();
-    let mut threads = Vec::new();
-    for worker in 1..workers {
-        let (acceptors, loops) = (Arc::clone(&acceptors), accept_loops.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("ballast-worker-{worker}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match runtime {
-                    Ok(runtime) => runtime.block_on(async {
-                        loops
-                            .track_future(accept_loop(Arc::clone(&acceptors), worker))
-                            .await;
-                        // Keep driving this thread's connections until all are gone.
-                        acceptors.finished.cancelled().await;
-                    }),
-                    Err(e) => error!("worker {worker}: cannot start a runtime: {e}"),
-                }
-            })?;
-        threads.push(thread);
-    }
-    accept_loops.spawn(accept_loop(Arc::clone(&acceptors), 0));
-    acceptors.wait_switched(generation, workers).await;
-
-    let background = TaskTracker::new();
-    let mut stop_monitors = CancellationToken::new();
-    let first = balancer.snapshot();
-    monitor::spawn(&first.backends, &first.config, &background, &stop_monitors);
-    let stop_admin = CancellationToken::new();
-    let mut admin_stop = stop_admin.child_token();
-    // Started with the first admin listener and kept across its restarts.
-    let mut chart = None;
-    if let Some(addr) = first.config.admin {
-        let chart = chart_of(&mut chart, &balancer, &background, &stop_admin);
-        admin_stop = start_admin(addr, &balancer, chart, &background, &stop_admin)?;
-    }
-    drop(first);
-    let mut reloads_open = true;
-
-    tokio::pin!(shutdown);
-    loop {
-        let event = tokio::select! {
-            () = &mut shutdown => Control::Shutdown,
-            config = reloads.recv(), if reloads_open => Control::Reload(config.map(Box::new)),
-        };
-        let config = match event {
-            Control::Shutdown => break,
-            Control::Reload(None) => {
-                reloads_open = false;
-                continue;
-            }
-            Control::Reload(Some(config)) => *config,
-        };
-        let current = balancer.snapshot();
+    /// Puts `config` in force. Every new address is bound before anything changes, so a
+    /// reload that cannot be served whole is refused whole.
+    ///
+    /// # Errors
+    /// An address that cannot be bound.
+    async fn reload(&mut self, config: Config, resolved: &Arc<Resolved>) -> io::Result<()> {
+        let current = self.balancer.services();
         if config.workers != current.config.workers {
             warn!(
                 "reload: workers stays at {} until a restart",
                 current.config.workers
             );
         }
-        let mut new_socket = None;
-        if config.listen != current.config.listen {
-            match listener::bind(config.listen).and_then(TcpListener::into_std) {
-                Ok(socket) => new_socket = Some(socket),
-                Err(e) => {
-                    error!(
-                        "reload rejected: cannot listen on {}: {e}; keeping the running configuration",
-                        config.listen
-                    );
-                    continue;
+        let wanted: HashSet<(String, SocketAddr)> = config
+            .services
+            .iter()
+            .flat_map(|s| s.listen.iter().map(|&a| (s.name.clone(), a)))
+            .collect();
+        let mut fresh = Vec::new();
+        {
+            let held: Vec<&Listening> = self.listening.values().map(|l| l.as_ref()).collect();
+            for service in &config.services {
+                for &addr in &service.listen {
+                    if self.listening.contains_key(&(service.name.clone(), addr)) {
+                        continue;
+                    }
+                    fresh.push((
+                        service.name.clone(),
+                        addr,
+                        bind_service(addr, &service.name, &held)?,
+                    ));
                 }
             }
         }
-        if config.admin != current.config.admin {
-            let next_admin = match config.admin {
-                Some(addr) => match start_admin(
-                    addr,
-                    &balancer,
-                    chart_of(&mut chart, &balancer, &background, &stop_admin),
-                    &background,
-                    &stop_admin,
-                ) {
-                    Ok(token) => token,
-                    Err(e) => {
-                        error!("reload rejected: {e}; keeping the running configuration");
-                        continue;
-                    }
-                },
-                None => stop_admin.child_token(),
-            };
-            admin_stop.cancel();
-            admin_stop = next_admin;
+        relay::zero_copy::set_max_pipes(config.max_pipes);
+        let (before, after) = self.balancer.reload(config, resolved);
+        let mut report = Vec::new();
+        for service in &after.list {
+            let old = before.config.service(&service.name);
+            let new = after.config.service(&service.name);
+            match (old, new) {
+                (None, _) => report.push(format!("{} added", service.name)),
+                (Some(old), Some(new)) if old != new => {
+                    resize_slots(
+                        &service.slots,
+                        old.limits.max_connections,
+                        new.limits.max_connections,
+                        &self.background,
+                    );
+                    report.push(format!("{} changed", service.name));
+                }
+                _ => {}
+            }
+            if old != new || old.is_none() {
+                self.start_monitors(service);
+            }
         }
-        if let Some(socket) = new_socket {
-            generation += 1;
-            acceptors
-                .listener
-                .send_replace(Some(Arc::new(ListenSocket { generation, socket })));
-            acceptors.wait_switched(generation, workers).await;
+        // New addresses first, then the old ones go: an address moving between services is
+        // never left unserved.
+        for (name, addr, socket) in fresh {
+            if let Some(service) = after.get(&name) {
+                self.listen(Arc::new(Listening::new(Arc::clone(service), addr, socket)))
+                    .await;
+            }
         }
-        resize_slots(
-            &acceptors.slots,
-            current.config.limits.max_connections,
-            config.limits.max_connections,
-            &background,
+        let gone: Vec<(String, SocketAddr)> = self
+            .listening
+            .keys()
+            .filter(|key| !wanted.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(listening) = self.listening.remove(&key) {
+                Workers::unlisten(&listening).await;
+            }
+        }
+        for service in &before.list {
+            if after.get(&service.name).is_some() {
+                continue;
+            }
+            if let Some(stop) = self.monitors.remove(&service.name) {
+                stop.cancel();
+            }
+            report.push(format!("{} removed", service.name));
+            self.retiring
+                .spawn(drain(Arc::clone(service), "service removed"));
+        }
+        let addrs: Vec<String> = after
+            .list
+            .iter()
+            .flat_map(|s| self.addrs_of(&s.name))
+            .map(|a| a.to_string())
+            .collect();
+        for service in &after.list {
+            log_service("serving", &self.addrs_of(&service.name), service);
+        }
+        let changes = if report.is_empty() {
+            "no service changed".to_string()
+        } else {
+            report.join(", ")
+        };
+        info!(
+            "reloaded: listening on {}; {} services ({changes})",
+            addrs.join(", "),
+            after.list.len()
         );
-        relay::zero_copy::set_max_pipes(config.relay.max_pipes);
-        let next = balancer.reload(config);
-        stop_monitors.cancel();
-        stop_monitors = CancellationToken::new();
-        monitor::spawn(&next.backends, &next.config, &background, &stop_monitors);
-        let local = acceptors
-            .listener
-            .borrow()
-            .as_ref()
-            .map(|l| l.socket.local_addr())
-            .transpose()?
-            .unwrap_or(next.config.listen);
-        log_config("reloaded: listening on", local, &next.config);
+        Ok(())
     }
+}
 
-    // Stop accepting everywhere before anything else, so new clients are refused at once.
-    acceptors.listener.send_replace(None);
-    accept_loops.close();
-    accept_loops.wait().await;
-    stop_monitors.cancel();
-    stop_admin.cancel();
-    background.close();
-    let connections = &acceptors.connections;
+/// Stops `service`'s connections taking longer than its grace period: waits for them,
+/// and past the grace period closes the rest.
+async fn drain(service: Arc<Service>, why: &str) {
+    let connections = &service.connections;
     connections.close();
-    let grace = balancer.snapshot().config.timeouts.grace;
+    let grace = service.snapshot().config.timeouts.grace;
     if !connections.is_empty() {
         info!(
-            "shutting down: waiting up to {grace:?} for {} open connections",
+            "service {}: {why}: waiting up to {grace:?} for {} open connections",
+            service.name,
             connections.len()
         );
     }
@@ -302,22 +437,13 @@ pub async fn run_with_reloads(
         .is_err()
     {
         warn!(
-            "grace period over: closing {} remaining connections",
+            "service {}: grace period over: closing {} remaining connections",
+            service.name,
             connections.len()
         );
-        acceptors.cut_off.raise();
+        service.cut_off.raise();
         connections.wait().await;
     }
-    acceptors.finished.cancel();
-    background.wait().await;
-    let joined = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
-        }
-    });
-    let _ = joined.await;
-    info!("stopped");
-    Ok(())
 }
 
 /// Grows or shrinks the connection limit in place, so connections already open keep
@@ -378,13 +504,21 @@ fn start_admin(
     Ok(stop)
 }
 
-fn log_config(what: &str, local: SocketAddr, config: &Config) {
+fn log_service(what: &str, local: &[SocketAddr], service: &Service) {
+    let snapshot = service.snapshot();
+    let config: &ServiceConfig = &snapshot.config;
+    let addrs: Vec<String> = local.iter().map(|a| a.to_string()).collect();
     info!(
-        "{what} {local}, algorithm {}, {} backends",
+        "{what} {}, service {}, algorithm {}, {} backends",
+        addrs.join(", "),
+        service.name,
         config.algorithm,
-        config.backends.len()
+        snapshot.backends.len()
     );
-    for b in &config.backends {
-        info!("backend {} at {} weight {}", b.name, b.addr, b.weight);
+    for b in &snapshot.backends {
+        info!(
+            "service {}: backend {} at {} weight {}",
+            service.name, b.name, b.addr, b.weight
+        );
     }
 }

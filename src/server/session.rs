@@ -2,7 +2,7 @@
 
 use super::connect::connect_backend;
 use crate::backend::ConnectionGuard;
-use crate::balancer::{Balancer, Snapshot};
+use crate::balancer::{Count, Service, Snapshot};
 use crate::config::AccessLog;
 use crate::proxy_protocol::{self, Header};
 use crate::relay;
@@ -17,22 +17,22 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Serves one client: a backend, then the relay until both sides are done or `cut_off`
-/// (the end of the shutdown grace period) closes it.
+/// Serves one client of `service`: a backend, then the relay until both sides are done or
+/// the service's cut-off (the end of a shutdown's or a removal's grace period) closes it.
 pub(super) async fn serve_connection(
     client: TcpStream,
     mut peer: SocketAddr,
-    balancer: Arc<Balancer>,
-    cut_off: Arc<relay::StopSignal>,
+    service: Arc<Service>,
 ) {
     let started = Instant::now();
-    let snapshot = balancer.snapshot();
+    let snapshot = service.snapshot();
+    let cut_off = &service.cut_off;
     let access_log = snapshot.config.access_log;
     // Boxed so that its larger state (the cut-off waiter included) is freed once connected,
     // instead of sizing every long-lived connection's task for it.
     let connecting = Box::pin(async {
         tokio::select! {
-            connected = set_up(&client, peer, &snapshot, &balancer) => Some(connected),
+            connected = set_up(&client, peer, &snapshot, &service) => Some(connected),
             () = cut_off.raised() => None,
         }
     });
@@ -62,7 +62,7 @@ pub(super) async fn serve_connection(
             return;
         }
         Some((from, Ok(None))) => {
-            balancer.totals.no_backend.fetch_add(1, Ordering::Relaxed);
+            service.count(Count::NoBackend);
             access(
                 access_log,
                 format_args!(
@@ -86,7 +86,7 @@ pub(super) async fn serve_connection(
         to_backend: &stats.bytes_to_backend,
         to_client: &stats.bytes_to_client,
     };
-    let (moved, end) = relay::relay(client, upstream, &limits, totals, &cut_off).await;
+    let (moved, end) = relay::relay(client, upstream, &limits, totals, cut_off).await;
     let lasted = started.elapsed();
     stats.connection_duration.observe(lasted);
     // Released before the log line, so whoever reads the log sees the count already down.
@@ -126,7 +126,7 @@ async fn set_up(
     client: &TcpStream,
     peer: SocketAddr,
     snapshot: &Snapshot,
-    balancer: &Balancer,
+    service: &Service,
 ) -> (SocketAddr, SetUp) {
     let mut source = peer;
     let mut destination = None;
@@ -141,15 +141,12 @@ async fn set_up(
             }
             Ok(Header::Local) => {}
             Err(why) => {
-                balancer
-                    .totals
-                    .bad_proxy_header
-                    .fetch_add(1, Ordering::Relaxed);
+                service.count(Count::BadProxyHeader);
                 return (peer, Err(why));
             }
         }
     }
-    let Some((guard, mut upstream)) = connect_backend(source, snapshot, balancer).await else {
+    let Some((guard, mut upstream)) = connect_backend(source, snapshot, service).await else {
         return (source, Ok(None));
     };
     if let Some(version) = guard.backend().config.send_proxy {

@@ -265,11 +265,10 @@ impl InProcess {
     pub(crate) async fn start(config_text: &str) -> InProcess {
         let config = ballast::config::Config::parse(config_text, std::path::Path::new("test.ron"))
             .unwrap_or_else(|e| panic!("bad test configuration: {e}"));
-        let listener =
-            ballast::listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let server = ballast::server::Server::bind(config).expect("bind");
+        let addr = server.local_addrs()[0].1;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ballast::server::run(config, listener, async {
+        tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         InProcess { addr, _stop: stop }
