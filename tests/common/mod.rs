@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub(crate) mod dns;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
