@@ -240,12 +240,12 @@ impl Service {
 
     /// Swaps in `config` (read from the file) for new connections, dropping runtime weight
     /// changes; returns the new snapshot.
-    pub(crate) fn reload(&self, config: ServiceConfig) -> Arc<Snapshot> {
+    pub(crate) fn reload(&self, config: ServiceConfig, resolved: &Arc<Resolved>) -> Arc<Snapshot> {
         let mut weights = lock(&self.weights);
         weights.clear();
         *lock(&self.file_config) = config.clone();
-        let resolved = Arc::clone(&lock(&self.resolved));
-        self.swap(config, &weights, &resolved)
+        *lock(&self.resolved) = Arc::clone(resolved);
+        self.swap(config, &weights, resolved)
     }
 
     /// Rebuilds the snapshot with host names resolved as in `resolved`; returns the new
@@ -377,7 +377,9 @@ impl Balancer {
             .map(|s| match before.get(&s.name) {
                 Some(kept) => {
                     if kept.file_config() != *s || !kept.weights_are_default() {
-                        kept.reload(s.clone());
+                        kept.reload(s.clone(), resolved);
+                    } else {
+                        kept.resolve(resolved);
                     }
                     Arc::clone(kept)
                 }

@@ -387,6 +387,21 @@ impl Names {
         }
     }
 
+    /// `hosts`, each starting from the addresses `known` gives it (a reload keeps what the
+    /// names it shares with the previous configuration resolved to).
+    pub(crate) fn seeded<S: Into<String>>(
+        hosts: impl IntoIterator<Item = S>,
+        known: &Resolved,
+    ) -> Names {
+        let mut names = Names::new(hosts);
+        for (host, name) in &mut names.names {
+            if let Some(addrs) = known.get(host) {
+                name.addrs.clone_from(addrs);
+            }
+        }
+        names
+    }
+
     /// Every name with its current addresses (empty for a name never resolved).
     pub(crate) fn resolved(&self) -> Resolved {
         self.names

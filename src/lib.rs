@@ -57,8 +57,6 @@ pub(crate) mod balancer;
 pub mod cli;
 pub mod config;
 pub mod demo;
-// Until the runtime resolves backends by name.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod dns;
 pub(crate) mod fault;
 pub(crate) mod health;

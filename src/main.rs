@@ -21,6 +21,9 @@ fn main() -> ExitCode {
             Ok(parsed) => {
                 println!("{}: configuration is valid\n", options.config.display());
                 print!("{}", parsed.summary());
+                for warning in names_not_resolving(&parsed) {
+                    println!("warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => PROGRAM.fail(e),
@@ -55,6 +58,18 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// The backend host names of `config` that do not resolve now (`--check` warns, and
+/// ballast would start without their addresses).
+fn names_not_resolving(config: &Config) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(server::unresolved(config)),
+        Err(e) => vec![format!("cannot check host names: {e}")],
+    }
 }
 
 /// mimalloc packs ballast's per-connection allocations (task frames and the runtime's

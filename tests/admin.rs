@@ -202,8 +202,9 @@ async fn sequential_names(addr: SocketAddr, count: usize) -> Vec<String> {
     names
 }
 
+/// Backend `name` of the one service of the single-service form.
 fn backend<'v>(status: &'v Value, name: &str) -> &'v Value {
-    status["backends"]
+    status["services"][0]["backends"]
         .as_array()
         .expect("backends")
         .iter()
@@ -287,8 +288,12 @@ async fn status_json_reports_backends_totals_and_history() {
     let st = status_json(admin).await;
     assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
     assert!(st["uptime_seconds"].as_f64().expect("uptime") >= 0.0);
-    assert_eq!(st["listen"], "127.0.0.1:0");
-    assert_eq!(st["algorithm"], "RoundRobin");
+    let services = st["services"].as_array().expect("services");
+    assert_eq!(services.len(), 1, "{st}");
+    assert_eq!(services[0]["name"], "default");
+    assert_eq!(services[0]["listen"], serde_json::json!(["127.0.0.1:0"]));
+    assert_eq!(services[0]["algorithm"], "RoundRobin");
+    assert_eq!(services[0]["totals"]["accepted"], 0);
     assert_eq!(st["totals"]["accepted"], 0);
     assert_eq!(st["totals"]["no_backend"], 0);
     assert_eq!(st["totals"]["active"], 0);

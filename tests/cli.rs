@@ -143,7 +143,7 @@ fn no_backends() {
 fn unparsable_address() {
     assert_rejected(
         &VALID.replace("127.0.0.1:8082", "localhost"),
-        ":6:30: invalid address \"localhost\": expected IP:port such as \"127.0.0.1:8081\" or \"[::1]:8081\"",
+        ":6:30: invalid address \"localhost\": expected IP:port or host:port such as \"127.0.0.1:8081\", \"[::1]:8081\" or \"web.internal:8080\"",
     );
 }
 
@@ -151,7 +151,7 @@ fn unparsable_address() {
 fn duplicate_backend_names() {
     assert_rejected(
         &VALID.replace("\"spare\"", "\"vm4\""),
-        ":7:17: duplicate backend name \"vm4\": names must be unique",
+        ":7:17: duplicate backend name \"vm4\": names must be unique within a service",
     );
 }
 
@@ -227,14 +227,14 @@ fn positions_found_after_parsing_skip_comments() {
         );
     assert_rejected(
         &text,
-        ":5:18: admin must listen on another address than listen",
+        ":5:18: admin must listen on another address than the services (127.0.0.1:8080)",
     );
     let text = VALID
         .replace("    backends", "    // name: \"vm4\"\n    backends")
         .replace("\"spare\"", "\"vm4\"");
     assert_rejected(
         &text,
-        ":8:17: duplicate backend name \"vm4\": names must be unique",
+        ":8:17: duplicate backend name \"vm4\": names must be unique within a service",
     );
 }
 
@@ -242,7 +242,7 @@ fn positions_found_after_parsing_skip_comments() {
 fn unknown_field() {
     assert_rejected(
         &VALID.replace("listen:", "listen_on:"),
-        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, workers, backends, timeouts, limits, relay, health, load_poll, admin, admin_token, access_log, accept_proxy",
+        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, backends, accept_proxy, services, workers, timeouts, limits, relay, health, load_poll, access_log, admin, admin_token, dns",
     );
 }
 

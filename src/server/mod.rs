@@ -35,9 +35,12 @@ use crate::relay;
 
 mod accept;
 mod connect;
+mod names;
 mod session;
 mod workers;
 
+use names::HostNames;
+pub use names::unresolved;
 use workers::{Listening, Workers};
 
 /// A service's address, bound and not yet served.
@@ -118,19 +121,31 @@ impl Server {
     ) -> io::Result<()> {
         let Server { config, bound } = self;
         relay::zero_copy::set_max_pipes(config.max_pipes);
-        let resolved: Arc<Resolved> = Arc::default();
+        let background = TaskTracker::new();
+        let mut host_names = HostNames::new();
+        let resolved = host_names.follow(&config, &background).await;
         let balancer = Arc::new(Balancer::new(config, &resolved));
+        let services = balancer.services();
+        if services
+            .list
+            .iter()
+            .all(|s| s.snapshot().backends.is_empty())
+        {
+            host_names.stop();
+            return Err(io::Error::other(
+                "no service can serve: every backend is a host name that resolves to nothing",
+            ));
+        }
         let finished = CancellationToken::new();
-        let workers = Workers::start(balancer.services().config.workers, &finished)?;
+        let workers = Workers::start(services.config.workers, &finished)?;
         let mut supervisor = Supervisor {
             balancer: Arc::clone(&balancer),
             workers,
             listening: HashMap::new(),
             monitors: HashMap::new(),
-            background: TaskTracker::new(),
+            background,
             retiring: TaskTracker::new(),
         };
-        let services = balancer.services();
         for b in bound {
             let Some(service) = services.get(&b.service) else {
                 continue;
@@ -163,11 +178,16 @@ impl Server {
             let event = tokio::select! {
                 () = &mut shutdown => Control::Shutdown,
                 config = reloads.recv(), if reloads_open => Control::Reload(config.map(Box::new)),
+                resolved = host_names.changed() => Control::Resolved(resolved),
             };
             let config = match event {
                 Control::Shutdown => break,
                 Control::Reload(None) => {
                     reloads_open = false;
+                    continue;
+                }
+                Control::Resolved(resolved) => {
+                    supervisor.resolved(&resolved);
                     continue;
                 }
                 Control::Reload(Some(config)) => *config,
@@ -193,8 +213,14 @@ impl Server {
                 admin_stop.cancel();
                 admin_stop = next_admin;
             }
+            let resolved = host_names.follow(&config, &supervisor.background).await;
             if let Err(e) = supervisor.reload(config, &resolved).await {
                 error!("reload rejected: {e}; keeping the running configuration");
+                let running = balancer.services();
+                let resolved = host_names
+                    .follow(&running.config, &supervisor.background)
+                    .await;
+                supervisor.resolved(&resolved);
             }
         }
 
@@ -205,6 +231,7 @@ impl Server {
         }
         drop(listening);
         let threads = supervisor.workers.finish();
+        host_names.stop();
         for (_, stop) in supervisor.monitors.drain() {
             stop.cancel();
         }
@@ -249,7 +276,7 @@ fn bind_service(
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on {addr} (service {service}): {e}"),
+                format!("service {service}: cannot listen on {addr}: {e}"),
             )
         })
 }
@@ -258,6 +285,8 @@ fn bind_service(
 enum Control {
     Shutdown,
     Reload(Option<Box<Config>>),
+    /// Backends' host names resolve to new addresses.
+    Resolved(Arc<Resolved>),
 }
 
 /// The supervisor's own state: what listens, what monitors, what drains.
@@ -309,6 +338,20 @@ impl Supervisor {
         }
     }
 
+    /// Rebuilds the services whose host names now resolve differently.
+    fn resolved(&mut self, resolved: &Arc<Resolved>) {
+        for service in &self.balancer.services().list {
+            if let Some(snapshot) = service.resolve(resolved) {
+                info!(
+                    "service {}: {} backends after a DNS change",
+                    service.name,
+                    snapshot.backends.len()
+                );
+                self.start_monitors(service);
+            }
+        }
+    }
+
     /// Puts `config` in force. Every new address is bound before anything changes, so a
     /// reload that cannot be served whole is refused whole.
     ///
@@ -344,6 +387,11 @@ impl Supervisor {
             }
         }
         relay::zero_copy::set_max_pipes(config.max_pipes);
+        let snapshots: HashMap<String, Arc<crate::balancer::Snapshot>> = current
+            .list
+            .iter()
+            .map(|s| (s.name.clone(), s.snapshot()))
+            .collect();
         let (before, after) = self.balancer.reload(config, resolved);
         let mut report = Vec::new();
         for service in &after.list {
@@ -362,7 +410,10 @@ impl Supervisor {
                 }
                 _ => {}
             }
-            if old != new || old.is_none() {
+            let rebuilt = snapshots
+                .get(&service.name)
+                .is_none_or(|snapshot| !Arc::ptr_eq(snapshot, &service.snapshot()));
+            if rebuilt {
                 self.start_monitors(service);
             }
         }
