@@ -95,6 +95,7 @@ pub(super) fn describe_ron_error(code: &ron::Error) -> String {
         ron::Error::MissingStructField { field, outer } => {
             let place = match outer.as_deref() {
                 Some("RawBackend") => " in a backend entry",
+                Some("RawService") => " in a service entry",
                 Some("RawConfig") => "",
                 _ => " in this section",
             };

@@ -944,6 +944,17 @@ mod tests {
     }
 
     #[test]
+    fn a_service_entry_without_backends_says_so() {
+        let text = SERVICES.replace("\n         backends: [(name: \"vm4\", addr: \"127.0.0.1:5433\")]", "");
+        let e = parse(&text).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .ends_with("missing field `backends` in a service entry"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn pipes_are_counted_for_the_whole_process() {
         let text = SERVICES.replace("timeouts: (idle: \"1h\"),", "relay: (max_pipes: 4),");
         let e = parse(&text).expect_err("invalid");
