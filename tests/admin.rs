@@ -271,6 +271,46 @@ async fn status_page_escapes_hostile_backend_names() {
     assert_eq!(backend(&status_json(admin).await, name)["name"], name);
 }
 
+#[tokio::test]
+async fn status_page_of_two_services_embeds_both_and_acts_per_service() {
+    let (web, api) = (named_backend("w1").await, named_backend("a1").await);
+    let (_b, admin) = start(&format!(
+        r#"(
+    admin: "127.0.0.1:0",
+    services: [
+        (name: "web", listen: "127.0.0.1:0", algorithm: RoundRobin,
+         backends: [(name: "w1", addr: "{web}", weight: 1)]),
+        (name: "api", listen: "127.0.0.1:0", algorithm: LeastConnections, accept_proxy: true,
+         backends: [(name: "a1", addr: "{api}", weight: 1)]),
+    ],
+)
+"#
+    ));
+    let html = get(admin, "/").await.body;
+    // The first paint's data holds both services, each with its own backends.
+    let embedded = html
+        .split(r#"<script id="initial" type="application/json">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .expect("embedded status");
+    let st: Value = serde_json::from_str(embedded).expect("embedded JSON");
+    let services = st["services"].as_array().expect("services");
+    let names: Vec<&Value> = services.iter().map(|s| &s["name"]).collect();
+    assert_eq!(names, ["web", "api"], "{st}");
+    assert_eq!(services[0]["backends"][0]["name"], "w1");
+    assert_eq!(services[1]["backends"][0]["name"], "a1");
+    assert_eq!(services[1]["accept_proxy"], true);
+    // Its buttons name the service, so a backend name two services share stays unambiguous.
+    assert!(
+        html.contains("'/api/services/'"),
+        "no per-service API in the page"
+    );
+    assert!(
+        !html.contains("'/api/backends/'"),
+        "service-less API in the page"
+    );
+}
+
 // --- JSON status -----------------------------------------------------------------------------
 
 #[tokio::test]
