@@ -936,11 +936,25 @@ mod tests {
                 .starts_with("test.ron:5:41: 127.0.0.1:8080 is already"),
             "{e}"
         );
-        // Port 0 asks for a free port each time: no clash.
+        // Port 0 asks for a free port each time: no clash between services.
         let free = SERVICES
             .replace("127.0.0.1:5432", "127.0.0.1:0")
             .replace("127.0.0.1:8080", "127.0.0.1:0");
         parse(&free).expect("port 0 twice");
+        // But one service lists each address once, port 0 included: it knows its listeners
+        // by the address as written.
+        let e = parse(&free.replace("\"[::1]:8080\"", "\"127.0.0.1:0\"")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:5:38: 127.0.0.1:0 is listed twice by service \"web\": list each address once"
+        );
+        let single = r#"(listen: ["127.0.0.1:0", "127.0.0.1:0"], algorithm: RoundRobin,
+            backends: [(name: "a", addr: "127.0.0.1:2")])"#;
+        let e = parse(single).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:1:27: 127.0.0.1:0 is listed twice: list each address once"
+        );
     }
 
     #[test]

@@ -248,9 +248,24 @@ impl<'de> Deserialize<'de> for ListenAddr {
 }
 
 /// Records that the service being read listens on `addr`, unless another listener of the
-/// file already takes its connections.
+/// file already takes its connections, or the service already lists `addr` with port 0: a
+/// service knows each of its listeners by the address as written (a reload keeps
+/// `127.0.0.1:0` on the port it got), so the same one twice could not be told apart.
 fn claim(addr: SocketAddr) -> Result<(), String> {
     seen(|s| {
+        if addr.port() == 0
+            && s.listen
+                .iter()
+                .any(|(other, owner)| *other == addr && *owner == s.service)
+        {
+            let by = match &s.service {
+                Some(name) => format!(" by service {name:?}"),
+                None => String::new(),
+            };
+            return Err(format!(
+                "{addr} is listed twice{by}: list each address once"
+            ));
+        }
         if let Some((other, owner)) = s.listen.iter().find(|(other, _)| overlap(*other, addr)) {
             let owner = match owner {
                 Some(name) => format!("service {name:?}"),

@@ -192,27 +192,20 @@ impl Server {
                 }
                 Control::Reload(Some(config)) => *config,
             };
-            let current = balancer.services();
-            if config.admin != current.config.admin {
-                let next_admin = match config.admin {
-                    Some(addr) => match start_admin(
-                        addr,
-                        &balancer,
-                        chart_of(&mut chart, &balancer, &supervisor.background, &stop_admin),
-                        &supervisor.background,
-                        &stop_admin,
-                    ) {
-                        Ok(token) => token,
-                        Err(e) => {
-                            error!("reload rejected: {e}; keeping the running configuration");
-                            continue;
-                        }
-                    },
-                    None => stop_admin.child_token(),
-                };
-                admin_stop.cancel();
-                admin_stop = next_admin;
-            }
+            // A moved admin listener is bound now and served only once the services are in
+            // force too, so that a reload refused for one of their addresses leaves it
+            // where it was: `Some(None)` turns it off, `None` leaves it as it is.
+            let next_admin = if config.admin == balancer.services().config.admin {
+                None
+            } else {
+                match config.admin.map(bind_admin).transpose() {
+                    Ok(listener) => Some(listener),
+                    Err(e) => {
+                        error!("reload rejected: {e}; keeping the running configuration");
+                        continue;
+                    }
+                }
+            };
             let resolved = host_names.follow(&config, &supervisor.background).await;
             if let Err(e) = supervisor.reload(config, &resolved).await {
                 error!("reload rejected: {e}; keeping the running configuration");
@@ -221,6 +214,20 @@ impl Server {
                     .follow(&running.config, &supervisor.background)
                     .await;
                 supervisor.resolved(&resolved);
+                continue;
+            }
+            if let Some(next) = next_admin {
+                admin_stop.cancel();
+                admin_stop = match next {
+                    Some(bound) => serve_admin(
+                        bound,
+                        &balancer,
+                        chart_of(&mut chart, &balancer, &supervisor.background, &stop_admin),
+                        &supervisor.background,
+                        &stop_admin,
+                    ),
+                    None => stop_admin.child_token(),
+                };
             }
         }
 
@@ -541,9 +548,30 @@ fn start_admin(
     background: &TaskTracker,
     parent: &CancellationToken,
 ) -> io::Result<CancellationToken> {
+    let bound = bind_admin(addr)?;
+    Ok(serve_admin(bound, balancer, chart, background, parent))
+}
+
+/// The admin listener, bound and not yet served, with its address.
+type AdminListener = (tokio::net::TcpListener, SocketAddr);
+
+/// Binds the admin listener's address.
+fn bind_admin(addr: SocketAddr) -> io::Result<AdminListener> {
     let listener = listener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
     let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves the bound admin listener until the returned token (a child of `parent`) is
+/// cancelled.
+fn serve_admin(
+    (listener, local): AdminListener,
+    balancer: &Arc<Balancer>,
+    chart: admin::Chart,
+    background: &TaskTracker,
+    parent: &CancellationToken,
+) -> CancellationToken {
     let stop = parent.child_token();
     let (balancer, token) = (Arc::clone(balancer), stop.clone());
     background.spawn(async move {
@@ -552,7 +580,7 @@ fn start_admin(
         }
     });
     info!("admin listening on http://{local}/");
-    Ok(stop)
+    stop
 }
 
 fn log_service(what: &str, local: &[SocketAddr], service: &Service) {

@@ -72,7 +72,15 @@ impl Drop for Proc {
 /// Lines a child wrote to one of its streams, collected by a reader thread.
 #[derive(Clone, Default)]
 pub(crate) struct Lines {
-    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+    inner: Arc<(Mutex<Store>, Condvar)>,
+}
+
+/// What the reader thread has collected so far.
+#[derive(Default)]
+struct Store {
+    lines: Vec<String>,
+    /// The stream has ended (the child closed it or exited): no more lines come.
+    ended: bool,
 }
 
 impl Lines {
@@ -80,38 +88,58 @@ impl Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         std::thread::spawn(move || {
+            let (store, signal) = &*sink.inner;
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
-                let (store, signal) = &*sink.inner;
-                store.lock().expect("lines lock").push(line);
+                store.lock().expect("lines lock").lines.push(line);
                 signal.notify_all();
             }
+            store.lock().expect("lines lock").ended = true;
+            signal.notify_all();
         });
         lines
     }
 
     pub(crate) fn snapshot(&self) -> Vec<String> {
-        self.inner.0.lock().expect("lines lock").clone()
+        self.inner.0.lock().expect("lines lock").lines.clone()
     }
 
     /// Waits until at least `count` lines satisfy `pred`; returns the first of them.
     pub(crate) fn wait_for(&self, count: usize, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_for_or_end(count, pred).unwrap_or_else(|| {
+            panic!(
+                "the stream ended before {count} matching lines; got:\n{}",
+                self.snapshot().join("\n")
+            )
+        })
+    }
+
+    /// Waits until at least `count` lines satisfy `pred` and returns the first of them, or
+    /// returns `None` once the stream has ended without them.
+    pub(crate) fn wait_for_or_end(
+        &self,
+        count: usize,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = Instant::now() + WAIT;
         let (store, signal) = &*self.inner;
-        let mut lines = store.lock().expect("lines lock");
+        let mut store = store.lock().expect("lines lock");
         loop {
-            let matching: Vec<&String> = lines.iter().filter(|l| pred(l)).collect();
+            let matching: Vec<&String> = store.lines.iter().filter(|l| pred(l)).collect();
             if matching.len() >= count {
-                return matching[0].clone();
+                return Some(matching[0].clone());
+            }
+            if store.ended {
+                return None;
             }
             let now = Instant::now();
             assert!(
                 now < deadline,
                 "timed out waiting for {count} matching lines; got:\n{}",
-                lines.join("\n")
+                store.lines.join("\n")
             );
-            lines = signal
-                .wait_timeout(lines, deadline - now)
+            store = signal
+                .wait_timeout(store, deadline - now)
                 .expect("lines lock")
                 .0;
         }
@@ -131,6 +159,31 @@ fn listening_addr(line: &str) -> SocketAddr {
     let addr = rest.split([' ', ',']).next().unwrap_or_default();
     addr.parse()
         .unwrap_or_else(|_| panic!("bad address in {line:?}"))
+}
+
+/// The message of a log line: what follows `[TIME LEVEL TARGET] `.
+pub(crate) fn message(line: &str) -> &str {
+    line.split_once("] ").map_or(line, |(_, m)| m)
+}
+
+/// The service name and addresses of a service's announcement, the message
+/// `listening on A, B, service NAME, algorithm X, N backends` (at start) or
+/// `serving A, B, service NAME, ...` (after a reload); `None` for any other line.
+fn service_line(line: &str) -> Option<(String, Vec<SocketAddr>)> {
+    let (_, said) = line.split_once("] ")?;
+    let rest = said
+        .strip_prefix("listening on ")
+        .or_else(|| said.strip_prefix("serving "))?;
+    let (head, _) = rest.split_once(", algorithm ")?;
+    let (addrs, name) = head.rsplit_once(", service ")?;
+    let addrs = addrs
+        .split(", ")
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("bad address {a:?} in {line:?}"))
+        })
+        .collect();
+    Some((name.to_string(), addrs))
 }
 
 /// A unique scratch directory under the target dir, removed on drop.
@@ -246,6 +299,21 @@ impl Balancer {
             .expect("verdict line")
     }
 
+    /// The addresses service `name` listens on, in configuration order, from the last line
+    /// announcing it: `listening on A, B, service NAME, ...` at start, `serving A, B,
+    /// service NAME, ...` after a reload. Waits (bounded) for the first such line.
+    pub(crate) fn service_addrs(&self, name: &str) -> Vec<SocketAddr> {
+        let announces = |l: &str| service_line(l).is_some_and(|(n, _)| n == name);
+        self.log.wait_for(1, announces);
+        let last = self
+            .log
+            .snapshot()
+            .into_iter()
+            .rfind(|l| announces(l))
+            .expect("an announcement");
+        service_line(&last).expect("an announcement").1
+    }
+
     /// Waits until the balancer has logged `count` finished connections to backend `name`.
     pub(crate) fn wait_finished(&self, name: &str, count: usize) {
         let needle = format!(" -> {name} (");
@@ -301,10 +369,17 @@ impl DemoBackend {
     /// `NAME` unset unless given, and waits for its readiness line, which must be exactly
     /// `listening on ADDR`.
     pub(crate) fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> DemoBackend {
-        let (proc, mut ready) = spawn_backend_process(args, env, 1);
+        DemoBackend::try_start_exactly(args, env)
+            .unwrap_or_else(|| panic!("ballast-backend {args:?} exited before it was ready"))
+    }
+
+    /// Like [`DemoBackend::start_exactly`], but returns `None` when the process exits
+    /// without a readiness line (e.g. its address is taken).
+    pub(crate) fn try_start_exactly(args: &[&str], env: &[(&str, &str)]) -> Option<DemoBackend> {
+        let (proc, mut ready) = try_spawn_backend_process(args, env, 1)?;
         let (addr, name) = ready.remove(0);
         assert_eq!(name, None, "--listen announces no name");
-        DemoBackend { proc, addr }
+        Some(DemoBackend { proc, addr })
     }
 }
 
@@ -340,13 +415,23 @@ impl DemoBackends {
     }
 }
 
+/// Each readiness line's address and, after ` as `, name.
+type Ready = Vec<(SocketAddr, Option<String>)>;
+
 /// Starts `ballast-backend ARGS...` with `env` set and `NAME` unset unless given, and waits
 /// for `count` readiness lines; returns each line's address and, after ` as `, name.
-fn spawn_backend_process(
+fn spawn_backend_process(args: &[&str], env: &[(&str, &str)], count: usize) -> (Proc, Ready) {
+    try_spawn_backend_process(args, env, count)
+        .unwrap_or_else(|| panic!("ballast-backend {args:?} exited before it was ready"))
+}
+
+/// Like [`spawn_backend_process`], but `None` when the process closes its output before
+/// `count` readiness lines.
+fn try_spawn_backend_process(
     args: &[&str],
     env: &[(&str, &str)],
     count: usize,
-) -> (Proc, Vec<(SocketAddr, Option<String>)>) {
+) -> Option<(Proc, Ready)> {
     let mut command = Command::new(BACKEND);
     command
         .args(args)
@@ -364,7 +449,7 @@ fn spawn_backend_process(
     let out = Lines::collect(child.stdout.take().expect("stdout"));
     let proc = Proc { child };
     let is_ready = |l: &str| l.starts_with("listening on");
-    out.wait_for(count, is_ready);
+    out.wait_for_or_end(count, is_ready)?;
     let ready = out
         .snapshot()
         .into_iter()
@@ -374,7 +459,7 @@ fn spawn_backend_process(
             (listening_addr(&l), name)
         })
         .collect();
-    (proc, ready)
+    Some((proc, ready))
 }
 
 /// Runs `ballast` with `args` to completion; returns (exit code, stdout, stderr).
