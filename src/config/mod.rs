@@ -959,7 +959,10 @@ mod tests {
 
     #[test]
     fn a_service_entry_without_backends_says_so() {
-        let text = SERVICES.replace("\n         backends: [(name: \"vm4\", addr: \"127.0.0.1:5433\")]", "");
+        let text = SERVICES.replace(
+            "\n         backends: [(name: \"vm4\", addr: \"127.0.0.1:5433\")]",
+            "",
+        );
         let e = parse(&text).expect_err("invalid");
         assert!(
             e.to_string()
