@@ -23,6 +23,8 @@ pub(crate) struct Backend {
     pub name: String,
     /// The address connections go to (the configured one, or one the name resolved to).
     pub addr: SocketAddr,
+    /// The name of its service, for the log.
+    pub service: Arc<str>,
     pub weight: u32,
     pub config: BackendConfig,
     /// State that outlives a configuration reload when name and address stay the same.
@@ -94,6 +96,7 @@ impl Backend {
     /// A backend `name` at `addr` with fresh state; `released` is the service-wide wake-up
     /// for queued clients.
     pub(crate) fn new(
+        service: Arc<str>,
         name: String,
         addr: SocketAddr,
         config: &BackendConfig,
@@ -112,7 +115,7 @@ impl Backend {
             recent: AtomicU64::new(0),
             released,
         };
-        Backend::with_live(name, addr, config, Arc::new(live))
+        Backend::with_live(service, name, addr, config, Arc::new(live))
     }
 
     /// The same backend under a new configuration: counters, health and load carry over.
@@ -130,10 +133,17 @@ impl Backend {
             }
             state.machine = renewed;
         }
-        Backend::with_live(self.name.clone(), self.addr, config, Arc::clone(&self.live))
+        Backend::with_live(
+            Arc::clone(&self.service),
+            self.name.clone(),
+            self.addr,
+            config,
+            Arc::clone(&self.live),
+        )
     }
 
     fn with_live(
+        service: Arc<str>,
         name: String,
         addr: SocketAddr,
         config: &BackendConfig,
@@ -142,6 +152,7 @@ impl Backend {
         Backend {
             name,
             addr,
+            service,
             weight: config.weight,
             config: config.clone(),
             live,
@@ -201,9 +212,15 @@ impl Backend {
         let up = health.machine.is_up();
         self.live.up.store(up, Ordering::Relaxed);
         if up {
-            info!("backend {} ({}) is up", self.name, self.addr);
+            info!(
+                "service {}: backend {} ({}) is up",
+                self.service, self.name, self.addr
+            );
         } else {
-            warn!("backend {} ({}) is down: {reason}", self.name, self.addr);
+            warn!(
+                "service {}: backend {} ({}) is down: {reason}",
+                self.service, self.name, self.addr
+            );
         }
     }
 
@@ -310,7 +327,14 @@ mod tests {
             fall: 2,
             ..HealthConfig::default()
         };
-        Backend::new("a".into(), addr, &config, &health, Arc::new(Notify::new()))
+        Backend::new(
+            "s".into(),
+            "a".into(),
+            addr,
+            &config,
+            &health,
+            Arc::new(Notify::new()),
+        )
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl Snapshot {
         resolved: &Resolved,
     ) -> Snapshot {
         let mut backends = Vec::new();
+        let service: Arc<str> = Arc::from(config.name.as_str());
         for configured in &config.backends {
             let addrs: Vec<(String, SocketAddr)> = match &configured.addr {
                 BackendAddr::Ip(addr) => vec![(configured.name.clone(), *addr)],
@@ -73,7 +74,14 @@ impl Snapshot {
                 });
                 backends.push(Arc::new(match same {
                     Some(old) => old.reconfigured(&b, &config.health),
-                    None => Backend::new(name, addr, &b, &config.health, Arc::clone(released)),
+                    None => Backend::new(
+                        Arc::clone(&service),
+                        name,
+                        addr,
+                        &b,
+                        &config.health,
+                        Arc::clone(released),
+                    ),
                 }));
             }
         }

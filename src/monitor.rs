@@ -54,8 +54,8 @@ async fn until_cancelled(stop: CancellationToken, task: impl Future<Output = ()>
 async fn check_loop(backend: Arc<Backend>, health: HealthConfig) {
     let mut jitter = Jitter::new();
     let what = format!(
-        "health check of backend {} ({})",
-        backend.name, backend.addr
+        "health check of backend {} ({}) of service {}",
+        backend.name, backend.addr, backend.service
     );
     let mut shortage = Shortage::new(format!("cannot run the {what}"), what);
     loop {
@@ -134,12 +134,12 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
     let (addr, path) = (backend.load_addr(), backend.config.load_path.clone());
     let mut shortage = Shortage::new(
         format!(
-            "cannot poll the load of backend {} at http://{addr}{path}",
-            backend.name
+            "cannot poll the load of backend {} of service {} at http://{addr}{path}",
+            backend.name, backend.service
         ),
         format!(
-            "load poll of backend {} at http://{addr}{path}",
-            backend.name
+            "load poll of backend {} of service {} at http://{addr}{path}",
+            backend.name, backend.service
         ),
     );
     // A good reading proves what a TCP check of the same address would, and no more: it
@@ -173,8 +173,8 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
                 }
                 if healthy_readings != Some(true) {
                     info!(
-                        "backend {}: load readings from http://{addr}{path} are good ({load:.1}%)",
-                        backend.name
+                        "service {}: backend {}: load readings from http://{addr}{path} are good ({load:.1}%)",
+                        backend.service, backend.name
                     );
                 }
                 healthy_readings = Some(true);
@@ -182,8 +182,8 @@ async fn poll_loop(backend: Arc<Backend>, poll: LoadPollConfig) {
             Err(e) => {
                 if healthy_readings != Some(false) {
                     warn!(
-                        "backend {}: load readings from http://{addr}{path} failing: {e}; its load counts as unknown once stale",
-                        backend.name
+                        "service {}: backend {}: load readings from http://{addr}{path} failing: {e}; its load counts as unknown once stale",
+                        backend.service, backend.name
                     );
                 }
                 healthy_readings = Some(false);

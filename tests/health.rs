@@ -371,8 +371,10 @@ async fn checks_that_cannot_run_for_lack_of_descriptors_mark_nothing_down() {
 
     // The check and the poll now fail for ballast's own lack of descriptors. An old
     // verdict, "is down", would land here instead of the two errors.
-    let check_line = format!("cannot run the health check of backend echo ({echo})");
-    let poll_line = format!("cannot poll the load of backend echo at http://{agent}/load");
+    let check_line =
+        format!("cannot run the health check of backend echo ({echo}) of service default");
+    let poll_line =
+        format!("cannot poll the load of backend echo of service default at http://{agent}/load");
     let blamed = |l: &str| {
         l.contains(" is down") || l.contains("load readings from http://") && l.contains("failing")
     };
@@ -390,16 +392,20 @@ async fn checks_that_cannot_run_for_lack_of_descriptors_mark_nothing_down() {
         );
     }
     // Several more checks and polls that could not run, twice `fall` at the least.
-    let check_skipped = format!("health check of backend echo ({echo}) not run");
-    let poll_skipped = format!("load poll of backend echo at http://{agent}/load not run");
+    let check_skipped = format!("health check of backend echo ({echo}) of service default not run");
+    let poll_skipped =
+        format!("load poll of backend echo of service default at http://{agent}/load not run");
     wait_log(&b, 4, |l| l.contains(&check_skipped));
     wait_log(&b, 4, |l| l.contains(&poll_skipped));
 
     // Descriptors come back.
     drop(idle_admin);
     drop(held);
-    let check_again = format!("health check of backend echo ({echo}) runs again after");
-    let poll_again = format!("load poll of backend echo at http://{agent}/load runs again after");
+    let check_again =
+        format!("health check of backend echo ({echo}) of service default runs again after");
+    let poll_again = format!(
+        "load poll of backend echo of service default at http://{agent}/load runs again after"
+    );
     wait_log(&b, 1, |l| l.contains(&check_again));
     wait_log(&b, 1, |l| l.contains(&poll_again));
     let status = http_get(admin, "/api/status").await;

@@ -81,8 +81,8 @@ pub(super) async fn connect_backend(
                 tried.push(index);
                 let backend = guard.backend();
                 error!(
-                    "{peer}: cannot open a connection to backend {} ({}): {e} (ballast's own shortage, not counted against the backend)",
-                    backend.name, backend.addr
+                    "{peer}: cannot open a connection to backend {} ({}) of service {}: {e} (ballast's own shortage, not counted against the backend)",
+                    backend.name, backend.addr, backend.service
                 );
             }
             Err(e) => {
@@ -93,8 +93,8 @@ pub(super) async fn connect_backend(
                     .connect_failures
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    "{peer}: backend {} ({}) connect failed: {e}; trying another",
-                    backend.name, backend.addr
+                    "{peer}: backend {} ({}) of service {} connect failed: {e}; trying another",
+                    backend.name, backend.addr, backend.service
                 );
                 backend.record_check(false, &format!("connect failed: {e}"));
             }
