@@ -723,8 +723,25 @@ mod tests {
             "WeightedRoundRobin",
             "LeastConnections",
             "WorkloadSensitive",
+            "Maglev",
+            "PowerOfTwoChoices",
         ] {
             assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_algorithm_name_parses() {
+        for name in [
+            "RoundRobin",
+            "WeightedRoundRobin",
+            "LeastConnections",
+            "WorkloadSensitive",
+            "Maglev",
+            "PowerOfTwoChoices",
+        ] {
+            let c = parse(&GOOD.replace("WeightedRoundRobin", name)).expect(name);
+            assert_eq!(c.services[0].algorithm.to_string(), name);
         }
     }
 
@@ -945,7 +962,10 @@ mod tests {
 
     #[test]
     fn a_service_entry_without_backends_says_so() {
-        let text = SERVICES.replace("\n         backends: [(name: \"vm4\", addr: \"127.0.0.1:5433\")]", "");
+        let text = SERVICES.replace(
+            "\n         backends: [(name: \"vm4\", addr: \"127.0.0.1:5433\")]",
+            "",
+        );
         let e = parse(&text).expect_err("invalid");
         assert!(
             e.to_string()
