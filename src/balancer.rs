@@ -12,7 +12,7 @@ use crate::selection::{Candidate, Candidates, Selector};
 use arc_swap::ArcSwap;
 use log::info;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -85,8 +85,12 @@ impl Snapshot {
                 }));
             }
         }
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-        let selector = Selector::new(config.algorithm, &weights);
+        // Names as well as weights: Maglev builds its table from them.
+        let members: Vec<(&str, u32)> = backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        let selector = Selector::new(config.algorithm, &members);
         let relay_limits = relay::Limits {
             idle: config.timeouts.idle,
             half_close: config.timeouts.half_close,
@@ -101,13 +105,14 @@ impl Snapshot {
         }
     }
 
-    /// Picks a backend not in `tried` and counts the connection as active on it.
-    pub(crate) fn pick(&self, tried: &[usize]) -> Option<(usize, ConnectionGuard)> {
+    /// Picks a backend not in `tried` for a connection from `client` (the address Maglev
+    /// hashes) and counts the connection as active on it.
+    pub(crate) fn pick(&self, tried: &[usize], client: IpAddr) -> Option<(usize, ConnectionGuard)> {
         let view = LiveView {
             backends: &self.backends,
             tried,
         };
-        let index = self.selector.select(&view)?;
+        let index = self.selector.select(&view, client)?;
         Some((index, self.backends[index].connect_guard()))
     }
 

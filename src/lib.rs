@@ -45,8 +45,10 @@
 //! - `relay`: moves bytes both ways between client and backend, preserving half-close; in
 //!   `relay/`: one `direction`, `zero_copy` (splice through pooled pipes) and the buffer
 //!   `pool`.
-//! - [`selection`]: pure, I/O-free selection policies. A selector looks at a snapshot of
-//!   candidates (weight, active connections, load, availability) and returns an index.
+//! - [`selection`]: pure, I/O-free selection policies, one family per file in `selection/`
+//!   (weighted round robin, least connections, workload, Maglev, power of two choices). A
+//!   selector looks at a snapshot of candidates (weight, active connections, load,
+//!   availability) and the client's address, and returns an index.
 //! - `health`: the pure up/down state machine driven by check results (rise and fall).
 
 #![forbid(unsafe_code)]

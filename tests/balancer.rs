@@ -95,6 +95,93 @@ async fn least_connections_prefers_the_idle_backend() {
     drop(busy);
 }
 
+/// Which of `names` (weight 1 each) Maglev gives `client`, with the backends at `down`
+/// unavailable: the library's own selector, so the test predicts instead of trusting.
+fn maglev_choice(names: &[&str], down: &[usize], client: &str) -> usize {
+    use ballast::selection::{Algorithm, Candidate, Selector};
+    let members: Vec<(&str, u32)> = names.iter().map(|&n| (n, 1)).collect();
+    let mut candidates = vec![Candidate::new(1, 0); names.len()];
+    for &i in down {
+        candidates[i].available = false;
+    }
+    let client = client.parse().expect("an address");
+    Selector::new(Algorithm::Maglev, &members)
+        .select(&candidates[..], client)
+        .expect("a backend")
+}
+
+#[tokio::test]
+async fn maglev_keeps_a_client_on_its_backend_and_its_fallback() {
+    // A refusing backend named so that 127.0.0.1 hashes to it: every connection is refused
+    // there first (or skipped once it is marked down) and must land on the same fallback.
+    let live = ["a", "b", "c"];
+    let dead = (0..)
+        .map(|k| format!("dead{k}"))
+        .find(|dead| maglev_choice(&[dead, "a", "b", "c"], &[], "127.0.0.1") == 0)
+        .expect("a name that 127.0.0.1 hashes to");
+    let fallback = maglev_choice(&[&dead, "a", "b", "c"], &[0], "127.0.0.1");
+    let backends = [
+        (dead.as_str(), refusing_addr(), 1),
+        ("a", named_backend("a").await, 1),
+        ("b", named_backend("b").await, 1),
+        ("c", named_backend("c").await, 1),
+    ];
+    let b = InProcess::start(&config("Maglev", &backends)).await;
+    let names = sequential_names(b.addr, 12).await;
+    assert!(names.iter().all(|n| *n == live[fallback - 1]), "{names:?}");
+}
+
+#[tokio::test]
+async fn maglev_hashes_the_proxy_headers_client() {
+    // Behind another balancer every connection comes from one address: the PROXY header's
+    // source is the client that must be hashed.
+    let names = ["a", "b", "c"];
+    let backends = [
+        ("a", named_backend("a").await, 1),
+        ("b", named_backend("b").await, 1),
+        ("c", named_backend("c").await, 1),
+    ];
+    let b = InProcess::start(&config_with("Maglev", &backends, "accept_proxy: true,")).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..2 {
+        for k in 1..=20 {
+            let source = format!("198.51.100.{k}");
+            let mut s = connect(b.addr).await;
+            let header = format!("PROXY TCP4 {source} 127.0.0.1 4242 80\r\n");
+            within(s.write_all(header.as_bytes())).await.expect("write");
+            let mut got = Vec::new();
+            within(s.read_to_end(&mut got)).await.expect("read");
+            let expected = names[maglev_choice(&names, &[], &source)];
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                expected,
+                "{source}, round {round}"
+            );
+            seen.insert(expected);
+        }
+    }
+    assert!(seen.len() >= 2, "20 clients on one backend: {seen:?}");
+}
+
+#[tokio::test]
+async fn power_of_two_choices_uses_every_backend_and_fails_over() {
+    let backends = [
+        ("dead", refusing_addr(), 1),
+        ("a", named_backend("a").await, 1),
+        ("b", named_backend("b").await, 1),
+        ("c", named_backend("c").await, 1),
+    ];
+    let b = InProcess::start(&config("PowerOfTwoChoices", &backends)).await;
+    let names = sequential_names(b.addr, 60).await;
+    let counts = tally(&names);
+    // Random draws: a backend of three missing from 60 picks has odds of about 1 in 10^10.
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{names:?}"
+    );
+}
+
 #[tokio::test]
 async fn fails_over_past_a_refusing_backend() {
     let dead = refusing_addr();

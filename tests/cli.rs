@@ -127,7 +127,7 @@ fn syntax_error_gives_line_column_and_expectation() {
 fn unknown_algorithm_lists_the_valid_names() {
     assert_rejected(
         &VALID.replace("WeightedRoundRobin", "Fastest"),
-        ":3:16: unknown algorithm `Fastest`: expected one of RoundRobin, WeightedRoundRobin, LeastConnections, WorkloadSensitive",
+        ":3:16: unknown algorithm `Fastest`: expected one of RoundRobin, WeightedRoundRobin, LeastConnections, WorkloadSensitive, Maglev, PowerOfTwoChoices",
     );
 }
 

@@ -723,8 +723,25 @@ mod tests {
             "WeightedRoundRobin",
             "LeastConnections",
             "WorkloadSensitive",
+            "Maglev",
+            "PowerOfTwoChoices",
         ] {
             assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_algorithm_name_parses() {
+        for name in [
+            "RoundRobin",
+            "WeightedRoundRobin",
+            "LeastConnections",
+            "WorkloadSensitive",
+            "Maglev",
+            "PowerOfTwoChoices",
+        ] {
+            let c = parse(&GOOD.replace("WeightedRoundRobin", name)).expect(name);
+            assert_eq!(c.services[0].algorithm.to_string(), name);
         }
     }
 

@@ -22,7 +22,9 @@ impl Drop for QueueSlot<'_> {
 }
 
 /// Picks and connects a backend for one client: tries each backend at most once, and waits
-/// in the bounded queue while the only backends left are at their connection limit.
+/// in the bounded queue while the only backends left are at their connection limit. `peer`
+/// is the client's address (the PROXY header's source under `accept_proxy`): Maglev hashes
+/// its IP, so a client whose backend refuses falls back to the same next one every time.
 pub(super) async fn connect_backend(
     peer: SocketAddr,
     snapshot: &Snapshot,
@@ -35,7 +37,7 @@ pub(super) async fn connect_backend(
         let released = balancer.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        let Some((index, guard)) = snapshot.pick(&tried) else {
+        let Some((index, guard)) = snapshot.pick(&tried, peer.ip()) else {
             if !snapshot.any_full(&tried) {
                 warn!(
                     "{peer}: no backend available ({} tried); closing the client connection",
