@@ -25,6 +25,11 @@ pub(crate) struct Backend {
     pub addr: SocketAddr,
     /// The name of its service, for the log.
     pub service: Arc<str>,
+    /// The weight a selector sees: `weight`, or while some backend of the service ramps up
+    /// (`slow_start`), every weight scaled by [`RAMP_SCALE`] and this one's by its ramp.
+    pub pick_weight: u32,
+    /// How far its slow start has come, from 1/[`RAMP_SCALE`] to 1 (1: not ramping).
+    pub ramp: f64,
     pub weight: u32,
     pub config: BackendConfig,
     /// State that outlives a configuration reload when name and address stay the same.
@@ -72,9 +77,25 @@ struct Live {
     load_at: Mutex<Option<Instant>>,
     /// Connections sent here since the last load reading.
     recent: AtomicU64,
-    /// Woken when a connection to any backend of the balancer ends, for clients queued
-    /// because every backend was at its `max_connections`.
-    released: Arc<Notify>,
+    /// When it last came up (added while its service ran, or back from down), for its
+    /// slow start; `None` for one there from the start.
+    came_up: Mutex<Option<Instant>>,
+    signals: Arc<Signals>,
+}
+
+/// How many steps a slow start's ramp has: while some backend of a service ramps, every
+/// weight a selector sees is multiplied by this, so even a backend of weight 1 ramps
+/// (HAProxy's `BE_WEIGHT_SCALE` does the same).
+pub(crate) const RAMP_SCALE: u32 = 16;
+
+/// Wake-ups shared by the backends of one service.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// Woken when a connection to a backend with a connection limit ends, for clients
+    /// queued because every backend was at its `max_connections`.
+    pub released: Notify,
+    /// Woken when a backend comes back up, so its slow start begins at once.
+    pub came_up: Notify,
 }
 
 #[derive(Debug)]
@@ -95,13 +116,15 @@ pub(crate) struct LastCheck {
 impl Backend {
     /// A backend `name` at `addr` with fresh state; `released` is the service-wide wake-up
     /// for queued clients.
+    /// `arriving`: it joins a service that is already running, so a slow start ramps it.
     pub(crate) fn new(
         service: Arc<str>,
         name: String,
         addr: SocketAddr,
         config: &BackendConfig,
         health: &HealthConfig,
-        released: Arc<Notify>,
+        signals: Arc<Signals>,
+        arriving: bool,
     ) -> Backend {
         let live = Live {
             stats: Stats::default(),
@@ -113,7 +136,8 @@ impl Backend {
             load_bits: AtomicU32::new(f32::NAN.to_bits()),
             load_at: Mutex::new(None),
             recent: AtomicU64::new(0),
-            released,
+            came_up: Mutex::new(arriving.then(Instant::now)),
+            signals,
         };
         Backend::with_live(service, name, addr, config, Arc::new(live))
     }
@@ -153,10 +177,34 @@ impl Backend {
             name,
             addr,
             service,
+            pick_weight: config.weight,
+            ramp: 1.0,
             weight: config.weight,
             config: config.clone(),
             live,
         }
+    }
+
+    /// How far a slow start of `slow_start` has brought it at `now`: 1 without one, for a
+    /// backend there from the start, or once `slow_start` has passed since it came up;
+    /// before that the time passed as a share of it, but at least 1/[`RAMP_SCALE`].
+    pub(crate) fn ramp_at(&self, slow_start: Option<std::time::Duration>, now: Instant) -> f64 {
+        let Some(slow_start) = slow_start else {
+            return 1.0;
+        };
+        let came_up = *self
+            .live
+            .came_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(came_up) = came_up else { return 1.0 };
+        let share = now.saturating_duration_since(came_up).as_secs_f64() / slow_start.as_secs_f64();
+        share.clamp(1.0 / f64::from(RAMP_SCALE), 1.0)
+    }
+
+    /// The weight in effect now: `weight` times its ramp (fractional during a slow start).
+    pub(crate) fn effective_weight(&self) -> f64 {
+        f64::from(self.weight) * self.ramp
     }
 
     /// Where its load agent listens: the configured `load_addr`, else its own address.
@@ -172,7 +220,7 @@ impl Backend {
     pub(crate) fn candidate(&self) -> Candidate {
         let live = &self.live;
         let active = live.stats.active.load(Ordering::Relaxed);
-        let mut candidate = Candidate::new(self.weight, active)
+        let mut candidate = Candidate::new(self.pick_weight, active)
             .with_load(self.load(), live.recent.load(Ordering::Relaxed));
         candidate.available &= self.is_up() && !self.is_full_at(active);
         candidate
@@ -212,6 +260,12 @@ impl Backend {
         let up = health.machine.is_up();
         self.live.up.store(up, Ordering::Relaxed);
         if up {
+            *self
+                .live
+                .came_up
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            self.live.signals.came_up.notify_one();
             info!(
                 "service {}: backend {} ({}) is up",
                 self.service, self.name, self.addr
@@ -301,7 +355,7 @@ impl Drop for ConnectionGuard {
         let live = &self.backend.live;
         live.stats.active.fetch_sub(1, Ordering::Relaxed);
         if self.backend.config.max_connections.is_some() {
-            live.released.notify_waiters();
+            live.signals.released.notify_waiters();
         }
     }
 }
@@ -321,6 +375,7 @@ mod tests {
             load_path: "/load".into(),
             max_connections: Some(2),
             send_proxy: None,
+            backup: false,
         };
         let health = HealthConfig {
             rise: 2,
@@ -333,7 +388,8 @@ mod tests {
             addr,
             &config,
             &health,
-            Arc::new(Notify::new()),
+            Arc::default(),
+            false,
         )
     }
 

@@ -4,7 +4,7 @@
 //! whole process, the list of services and the process-wide settings. The data path takes
 //! no lock to read it.
 
-use crate::backend::{Backend, ConnectionGuard};
+use crate::backend::{Backend, ConnectionGuard, RAMP_SCALE, Signals};
 use crate::config::{BackendAddr, Config, ServiceConfig};
 use crate::dns::Resolved;
 use crate::relay;
@@ -16,41 +16,57 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 /// Everything a connection of one service needs to pick and reach a backend, immutable
-/// once built. A new configuration, a runtime weight change or a new DNS answer builds a
-/// new snapshot and swaps it in whole.
+/// once built. A new configuration, a runtime weight change, a new DNS answer or a step of
+/// a slow start builds a new snapshot and swaps it in whole.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub config: ServiceConfig,
     /// One per configured address, and one per address a configured host name resolved to
     /// (none while it resolves to nothing).
     pub backends: Vec<Arc<Backend>>,
-    pub selector: Selector,
+    /// The backends that take connections first, then the backups: each tier with its own
+    /// selector, and a tier is asked only when the one before it has no backend that can
+    /// take the connection. Tiers without backends are left out.
+    tiers: Vec<Tier>,
+    /// Some backend is still ramping up (`slow_start`): the snapshot is rebuilt as it goes.
+    pub ramping: bool,
     /// The relay's limits, built once here rather than for every connection.
     pub relay_limits: relay::Limits,
 }
 
+/// The backends of one tier (indices into `Snapshot::backends`) and their selector.
+#[derive(Debug)]
+struct Tier {
+    members: Vec<usize>,
+    selector: Selector,
+}
+
+/// What a snapshot is built from besides the service's configuration.
+struct Inputs<'a> {
+    previous: Option<&'a Snapshot>,
+    signals: &'a Arc<Signals>,
+    /// Runtime weight changes, by backend name (a host name's configured name covers every
+    /// address it resolved to).
+    weights: &'a HashMap<String, u32>,
+    resolved: &'a Resolved,
+}
+
 impl Snapshot {
     /// Builds the snapshot for `config`, with host names expanded by `resolved`. Backends of
-    /// `previous` with the same name and address keep their counters, health and load.
-    /// `weights` are runtime changes, by backend name (a host name's configured name
-    /// covers every address it resolved to).
-    fn new(
-        config: ServiceConfig,
-        previous: Option<&Snapshot>,
-        released: &Arc<Notify>,
-        weights: &HashMap<String, u32>,
-        resolved: &Resolved,
-    ) -> Snapshot {
+    /// `previous` with the same name and address keep their counters, health and load; new
+    /// ones joining a running service (a previous snapshot exists) start a slow start.
+    fn new(config: ServiceConfig, inputs: &Inputs<'_>) -> Snapshot {
         let mut backends = Vec::new();
         let service: Arc<str> = Arc::from(config.name.as_str());
         for configured in &config.backends {
             let addrs: Vec<(String, SocketAddr)> = match &configured.addr {
                 BackendAddr::Ip(addr) => vec![(configured.name.clone(), *addr)],
-                BackendAddr::Name { host, port } => resolved
+                BackendAddr::Name { host, port } => inputs
+                    .resolved
                     .get(host)
                     .map(|ips| {
                         ips.iter()
@@ -64,15 +80,16 @@ impl Snapshot {
             };
             for (name, addr) in addrs {
                 let mut b = configured.clone();
+                let weights = inputs.weights;
                 if let Some(&weight) = weights.get(&name).or(weights.get(&configured.name)) {
                     b.weight = weight;
                 }
-                let same = previous.and_then(|p| {
+                let same = inputs.previous.and_then(|p| {
                     p.backends
                         .iter()
                         .find(|old| old.name == name && old.addr == addr)
                 });
-                backends.push(Arc::new(match same {
+                backends.push(match same {
                     Some(old) => old.reconfigured(&b, &config.health),
                     None => Backend::new(
                         Arc::clone(&service),
@@ -80,17 +97,50 @@ impl Snapshot {
                         addr,
                         &b,
                         &config.health,
-                        Arc::clone(released),
+                        Arc::clone(inputs.signals),
+                        inputs.previous.is_some(),
                     ),
-                }));
+                });
             }
         }
-        // Names as well as weights: Maglev builds its table from them.
-        let members: Vec<(&str, u32)> = backends
+        let now = Instant::now();
+        let ramps: Vec<f64> = backends
             .iter()
-            .map(|b| (b.name.as_str(), b.weight))
+            .map(|b| b.ramp_at(config.slow_start, now))
             .collect();
-        let selector = Selector::new(config.algorithm, &members);
+        let ramping = backends
+            .iter()
+            .zip(&ramps)
+            .any(|(b, &ramp)| ramp < 1.0 && b.weight > 0);
+        for (b, ramp) in backends.iter_mut().zip(ramps) {
+            b.ramp = ramp;
+            b.pick_weight = if !ramping || b.weight == 0 {
+                b.weight
+            } else {
+                // At least 1: a ramping backend is in rotation from its first step.
+                let scaled = f64::from(b.weight * RAMP_SCALE) * ramp;
+                (scaled.ceil() as u32).max(1)
+            };
+        }
+        let backends: Vec<Arc<Backend>> = backends.into_iter().map(Arc::new).collect();
+        let tiers = [false, true]
+            .into_iter()
+            .filter_map(|backup| {
+                let members: Vec<usize> = (0..backends.len())
+                    .filter(|&i| backends[i].config.backup == backup)
+                    .collect();
+                if members.is_empty() {
+                    return None;
+                }
+                // Names as well as weights: Maglev builds its table from them.
+                let named: Vec<(&str, u32)> = members
+                    .iter()
+                    .map(|&i| (backends[i].name.as_str(), backends[i].pick_weight))
+                    .collect();
+                let selector = Selector::new(config.algorithm, &named);
+                Some(Tier { members, selector })
+            })
+            .collect();
         let relay_limits = relay::Limits {
             idle: config.timeouts.idle,
             half_close: config.timeouts.half_close,
@@ -100,20 +150,28 @@ impl Snapshot {
         Snapshot {
             config,
             backends,
-            selector,
+            tiers,
+            ramping,
             relay_limits,
         }
     }
 
     /// Picks a backend not in `tried` for a connection from `client` (the address Maglev
-    /// hashes) and counts the connection as active on it.
+    /// hashes) and counts the connection as active on it: from the first tier with a
+    /// backend that can take it, so a backup only when no other backend can.
     pub(crate) fn pick(&self, tried: &[usize], client: IpAddr) -> Option<(usize, ConnectionGuard)> {
-        let view = LiveView {
-            backends: &self.backends,
-            tried,
-        };
-        let index = self.selector.select(&view, client)?;
-        Some((index, self.backends[index].connect_guard()))
+        for tier in &self.tiers {
+            let view = LiveView {
+                backends: &self.backends,
+                members: &tier.members,
+                tried,
+            };
+            if let Some(i) = tier.selector.select(&view, client) {
+                let index = tier.members[i];
+                return Some((index, self.backends[index].connect_guard()));
+            }
+        }
+        None
     }
 
     /// Whether a backend not yet tried could take the connection once it has room.
@@ -125,19 +183,23 @@ impl Snapshot {
     }
 }
 
-/// The live backends as a selector sees them, minus those this connection already tried.
+/// One tier's live backends as its selector sees them, minus those this connection already
+/// tried.
 struct LiveView<'a> {
     backends: &'a [Arc<Backend>],
+    /// Indices into `backends`, in the order the selector was built with.
+    members: &'a [usize],
     tried: &'a [usize],
 }
 
 impl Candidates for LiveView<'_> {
     fn len(&self) -> usize {
-        self.backends.len()
+        self.members.len()
     }
     fn get(&self, index: usize) -> Candidate {
-        let mut candidate = self.backends[index].candidate();
-        if self.tried.contains(&index) {
+        let backend = self.members[index];
+        let mut candidate = self.backends[backend].candidate();
+        if self.tried.contains(&backend) {
             candidate.available = false;
         }
         candidate
@@ -195,8 +257,8 @@ pub(crate) struct Service {
     weights: Mutex<HashMap<String, u32>>,
     /// The addresses host names resolved to when the snapshot was last built.
     resolved: Mutex<Arc<Resolved>>,
-    /// Woken whenever a connection to a backend with a connection limit ends.
-    pub(crate) released: Arc<Notify>,
+    /// Wake-ups for queued clients and for slow starts.
+    pub(crate) signals: Arc<Signals>,
     /// Clients waiting for a backend with room.
     pub(crate) queued: AtomicUsize,
     pub totals: Totals,
@@ -216,8 +278,14 @@ impl Service {
         resolved: Arc<Resolved>,
         process_totals: Arc<Totals>,
     ) -> Service {
-        let released = Arc::new(Notify::new());
-        let snapshot = Snapshot::new(config.clone(), None, &released, &HashMap::new(), &resolved);
+        let signals = Arc::default();
+        let inputs = Inputs {
+            previous: None,
+            signals: &signals,
+            weights: &HashMap::new(),
+            resolved: &resolved,
+        };
+        let snapshot = Snapshot::new(config.clone(), &inputs);
         Service {
             name: config.name.clone(),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -225,7 +293,7 @@ impl Service {
             file_config: Mutex::new(config),
             weights: Mutex::new(HashMap::new()),
             resolved: Mutex::new(resolved),
-            released,
+            signals,
             queued: AtomicUsize::new(0),
             totals: Totals::default(),
             process_totals,
@@ -276,6 +344,14 @@ impl Service {
         changed.then(|| self.swap(config, &weights, resolved))
     }
 
+    /// Rebuilds the snapshot as it stands, for the next step of a slow start; returns it.
+    pub(crate) fn refresh(&self) -> Arc<Snapshot> {
+        let weights = lock(&self.weights);
+        let config = lock(&self.file_config).clone();
+        let resolved = Arc::clone(&lock(&self.resolved));
+        self.swap(config, &weights, &resolved)
+    }
+
     /// Sets a backend's weight at runtime (0 drains it), or with `None` returns it to its
     /// configured weight. `name` is a backend's name as the status shows it, or the
     /// configured name of a host name (every address it resolved to). Effective for new
@@ -312,13 +388,13 @@ impl Service {
         resolved: &Resolved,
     ) -> Arc<Snapshot> {
         let current = self.snapshot();
-        let next = Arc::new(Snapshot::new(
-            config,
-            Some(&current),
-            &self.released,
+        let inputs = Inputs {
+            previous: Some(&current),
+            signals: &self.signals,
             weights,
             resolved,
-        ));
+        };
+        let next = Arc::new(Snapshot::new(config, &inputs));
         self.snapshot.store(Arc::clone(&next));
         next
     }
@@ -417,4 +493,114 @@ impl Service {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn service(text: &str) -> Service {
+        let config = Config::parse(text, Path::new("t.ron")).expect("config");
+        Service::new(config.services[0].clone(), Arc::default(), Arc::default())
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn picks(snapshot: &Snapshot, tried: &[usize], n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let (i, _guard) = snapshot.pick(tried, CLIENT).expect("a pick");
+                snapshot.backends[i].name.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backups_take_connections_only_while_no_other_backend_can() {
+        let s = service(
+            r#"(listen: "127.0.0.1:0", algorithm: RoundRobin, backends: [
+                (name: "a", addr: "127.0.0.1:1"), (name: "spare", addr: "127.0.0.1:2", backup: true),
+                (name: "b", addr: "127.0.0.1:3")])"#,
+        );
+        let snapshot = s.snapshot();
+        assert_eq!(picks(&snapshot, &[], 4), ["a", "b", "a", "b"]);
+        // Both others tried (refused): the backup.
+        assert_eq!(picks(&snapshot, &[0, 2], 2), ["spare", "spare"]);
+        // One other still can: never the backup.
+        assert_eq!(picks(&snapshot, &[0], 2), ["b", "b"]);
+        // Every other one down: the backup, until one is back.
+        for b in [&snapshot.backends[0], &snapshot.backends[2]] {
+            for _ in 0..3 {
+                b.record_check(false, "test");
+            }
+        }
+        assert_eq!(picks(&snapshot, &[], 2), ["spare", "spare"]);
+        for _ in 0..2 {
+            snapshot.backends[2].record_check(true, "");
+        }
+        assert_eq!(picks(&snapshot, &[], 2), ["b", "b"]);
+        // And none left at all: no pick.
+        assert!(snapshot.pick(&[0, 1, 2], CLIENT).is_none());
+    }
+
+    #[test]
+    fn a_backend_joining_a_running_service_ramps_up_from_a_sixteenth() {
+        let text = r#"(listen: "127.0.0.1:0", algorithm: WeightedRoundRobin, slow_start: "10s",
+            backends: [(name: "old", addr: "127.0.0.1:1", weight: 2)])"#;
+        let s = service(text);
+        // There from the start: no ramp, plain weights.
+        let first = s.snapshot();
+        assert!(!first.ramping);
+        assert_eq!(
+            (first.backends[0].pick_weight, first.backends[0].ramp),
+            (2, 1.0)
+        );
+        let grown = Config::parse(
+            &text.replace(
+                "weight: 2)]",
+                "weight: 2), (name: \"new\", addr: \"127.0.0.1:2\", weight: 4)]",
+            ),
+            Path::new("t.ron"),
+        )
+        .expect("config");
+        let next = s.reload(grown.services[0].clone(), &Arc::default());
+        assert!(next.ramping);
+        let [old, new] = next.backends.as_slice() else {
+            panic!("two backends")
+        };
+        // Every weight scaled by 16; the newcomer's by a sixteenth of its ramp too.
+        assert_eq!(old.pick_weight, 32);
+        assert_eq!(new.pick_weight, 4);
+        assert_eq!(new.ramp, 1.0 / 16.0);
+        assert_eq!(new.effective_weight(), 0.25);
+        // Half way through, half its weight; past the end, all of it.
+        let slow_start = Some(Duration::from_secs(10));
+        let later = |secs| Instant::now() + Duration::from_secs(secs);
+        assert!((new.ramp_at(slow_start, later(5)) - 0.5).abs() < 0.01);
+        assert_eq!(new.ramp_at(slow_start, later(11)), 1.0);
+        assert_eq!(old.ramp_at(slow_start, later(0)), 1.0);
+    }
+
+    #[test]
+    fn a_backend_back_from_down_ramps_up_again() {
+        let s = service(
+            r#"(listen: "127.0.0.1:0", algorithm: LeastConnections, slow_start: "1m",
+                health: (rise: 1, fall: 1), backends: [
+                (name: "a", addr: "127.0.0.1:1", weight: 3), (name: "b", addr: "127.0.0.1:2")])"#,
+        );
+        let b = &s.snapshot().backends[1];
+        b.record_check(false, "test");
+        b.record_check(true, "");
+        let next = s.refresh();
+        assert!(next.ramping);
+        assert_eq!(
+            next.backends
+                .iter()
+                .map(|b| (b.pick_weight, b.candidate().weight))
+                .collect::<Vec<_>>(),
+            [(48, 48), (1, 1)]
+        );
+    }
 }

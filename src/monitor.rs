@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::balancer::Service;
 use crate::config::{Check, HealthConfig, LoadPollConfig, ServiceConfig};
 use crate::probe::{self, ProbeError};
 use crate::selection::Algorithm;
@@ -40,6 +41,40 @@ pub(crate) fn spawn(
             ));
         }
     }
+}
+
+/// Steps the slow starts of `service` (`slow_start` set): rebuilds its snapshot, with each
+/// ramping backend's weight a step higher, every [`ramp_step`] while a backend ramps, and
+/// at once when one comes back up; waits without work otherwise. Runs until `stop` is
+/// cancelled.
+pub(crate) fn spawn_ramp(service: &Arc<Service>, tracker: &TaskTracker, stop: &CancellationToken) {
+    let Some(slow_start) = service.snapshot().config.slow_start else {
+        return;
+    };
+    let step = ramp_step(slow_start);
+    let service = Arc::clone(service);
+    tracker.spawn(until_cancelled(stop.clone(), async move {
+        loop {
+            let came_up = service.signals.came_up.notified();
+            tokio::pin!(came_up);
+            came_up.as_mut().enable();
+            if service.snapshot().ramping {
+                tokio::select! {
+                    () = tokio::time::sleep(step) => {}
+                    () = &mut came_up => {}
+                }
+            } else {
+                came_up.await;
+            }
+            service.refresh();
+        }
+    }));
+}
+
+/// How often a slow start's weights are raised: 32 steps over `slow_start`, but no more
+/// than ten a second and at least one a second.
+pub(crate) fn ramp_step(slow_start: Duration) -> Duration {
+    (slow_start / 32).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 async fn until_cancelled(stop: CancellationToken, task: impl Future<Output = ()>) {

@@ -75,7 +75,7 @@ pub(super) fn metrics(balancer: &Balancer, services: &Services) -> String {
     }
 
     type Value = fn(&Backend, &Snapshot) -> Option<String>;
-    let per_backend: [(&str, &str, &str, Value); 9] = [
+    let per_backend: [(&str, &str, &str, Value); 10] = [
         (
             "ballast_backend_connections_active",
             "gauge",
@@ -144,6 +144,12 @@ pub(super) fn metrics(balancer: &Balancer, services: &Services) -> String {
             "gauge",
             "Weight in effect, including runtime changes (0 = drained).",
             |b, _| Some(b.weight.to_string()),
+        ),
+        (
+            "ballast_backend_effective_weight",
+            "gauge",
+            "Weight in effect now: the weight, or less while a slow start ramps it up.",
+            |b, _| Some(b.effective_weight().to_string()),
         ),
         (
             "ballast_backend_configured_weight",

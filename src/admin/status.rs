@@ -82,6 +82,10 @@ pub(crate) struct BackendStatus {
     pub weight: u32,
     /// The weight in the configuration file.
     pub configured_weight: u32,
+    /// The weight in effect now: `weight`, or less while a slow start ramps it up.
+    pub effective_weight: f64,
+    /// A standby, used only while no other backend of its service can take a connection.
+    pub backup: bool,
     pub max_connections: Option<u64>,
     /// The last fresh `/load` reading in percent; `null` when unknown or stale.
     pub load_percent: Option<f32>,
@@ -194,6 +198,9 @@ pub(super) fn backend_status(b: &Backend, snapshot: &Snapshot, now: Instant) -> 
         up: b.is_up(),
         weight: b.weight,
         configured_weight: configured_weight(b, snapshot),
+        // Two decimals are plenty for a ramp, and keep the JSON short.
+        effective_weight: (b.effective_weight() * 100.0).round() / 100.0,
+        backup: b.config.backup,
         max_connections: b.config.max_connections,
         load_percent: b.load(),
         load_age_seconds: b.load_age().map(seconds),

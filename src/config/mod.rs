@@ -88,6 +88,10 @@ pub struct ServiceConfig {
     /// Every client starts with a PROXY protocol header (v1 or v2): a balancer stands in
     /// front, and the header's address is the client's from then on.
     pub accept_proxy: bool,
+    /// A backend that comes up while the service runs (added, or back from down) ramps
+    /// its weight from a sixteenth to the whole over this time (HAProxy's `slowstart`,
+    /// Envoy's slow start mode); `None`: at once.
+    pub slow_start: Option<Duration>,
 }
 
 /// The name of the one service of the single-service form (top-level `listen`,
@@ -213,6 +217,9 @@ pub struct BackendConfig {
     pub max_connections: Option<u64>,
     /// The PROXY protocol header sent to this backend before any client byte, if any.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// A standby: it gets connections only while no other backend of its service can take
+    /// them (HAProxy's and nginx's `backup`).
+    pub backup: bool,
 }
 
 /// An active health check.
@@ -355,6 +362,7 @@ impl Config {
             health: health_config(raw.health, HealthConfig::default()),
             load_poll: load_poll(raw.load_poll, LoadPollConfig::default()),
             access_log: raw.access_log.unwrap_or_default(),
+            slow_start: raw.slow_start.map(|d| d.0),
         };
         let single = [
             ("listen", raw.listen.is_some()),
@@ -410,6 +418,7 @@ impl Config {
                         health: None,
                         load_poll: None,
                         access_log: None,
+                        slow_start: None,
                     },
                     &defaults,
                 )]
@@ -512,6 +521,7 @@ impl ServiceConfig {
             .unwrap_or(0);
         for b in &self.backends {
             let note = if b.weight == 0 { "  (drained)" } else { "" };
+            let backup = if b.backup { "  backup" } else { "" };
             let dns = match b.addr {
                 BackendAddr::Name { .. } => "  (by DNS: one backend per address)",
                 BackendAddr::Ip(_) => "",
@@ -523,7 +533,7 @@ impl ServiceConfig {
                 .send_proxy
                 .map_or(String::new(), |v| format!("  send_proxy {v:?}"));
             out.push_str(&format!(
-                "    {:width$}  {}  weight {}{max}{proxy}{note}{dns}\n",
+                "    {:width$}  {}  weight {}{backup}{max}{proxy}{note}{dns}\n",
                 b.name, b.addr, b.weight
             ));
         }
@@ -553,6 +563,9 @@ impl ServiceConfig {
             ));
         }
         out.push_str(&format!("  access log {:?}\n", self.access_log));
+        if let Some(slow_start) = self.slow_start {
+            out.push_str(&format!("  slow start {slow_start:?}\n"));
+        }
         if self.accept_proxy {
             out.push_str("  clients    start with a PROXY header (accept_proxy)\n");
         }
@@ -568,6 +581,7 @@ struct Defaults {
     health: HealthConfig,
     load_poll: LoadPollConfig,
     access_log: AccessLog,
+    slow_start: Option<Duration>,
 }
 
 /// A service's values: each field it sets, else the top level's.
@@ -597,6 +611,7 @@ fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
                 .map_or_else(|| DEFAULT_LOAD_PATH.to_string(), |p| p.0),
             max_connections: b.max_connections.map(|m| m.get()),
             send_proxy: b.send_proxy,
+            backup: b.backup,
         })
         .collect();
     ServiceConfig {
@@ -617,6 +632,7 @@ fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
             .map_or(defaults.load_poll, |p| load_poll(p, defaults.load_poll)),
         access_log: raw.access_log.unwrap_or(defaults.access_log),
         accept_proxy: raw.accept_proxy.unwrap_or(false),
+        slow_start: raw.slow_start.map(|d| d.0).or(defaults.slow_start),
     }
 }
 

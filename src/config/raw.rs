@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) load_poll: RawLoadPoll,
     pub(super) access_log: Option<AccessLog>,
+    pub(super) slow_start: Option<Positive>,
     pub(super) admin: Option<Addr>,
     pub(super) admin_token: Option<Token>,
     pub(super) dns: Option<RawDns>,
@@ -52,6 +53,7 @@ pub(super) struct RawService {
     pub(super) health: Option<RawHealth>,
     pub(super) load_poll: Option<RawLoadPoll>,
     pub(super) access_log: Option<AccessLog>,
+    pub(super) slow_start: Option<Positive>,
 }
 
 /// A service's own `relay` section: `max_pipes` is a budget of the whole process
@@ -375,6 +377,8 @@ pub(super) struct RawBackend {
     pub(super) load_path: Option<RequestPath>,
     pub(super) max_connections: Option<Checked<BackendMax>>,
     pub(super) send_proxy: Option<crate::proxy_protocol::Version>,
+    #[serde(default)]
+    pub(super) backup: bool,
 }
 
 pub(super) fn default_weight() -> Checked<Weight> {

@@ -34,7 +34,7 @@ pub(super) async fn connect_backend(
     let mut queued: Option<(QueueSlot<'_>, tokio::time::Instant)> = None;
     loop {
         // Registered before the pick, so a release between the pick and the wait is not lost.
-        let released = balancer.released.notified();
+        let released = balancer.signals.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
         let Some((index, guard)) = snapshot.pick(&tried, peer.ip()) else {

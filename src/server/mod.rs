@@ -330,8 +330,9 @@ impl Supervisor {
             .collect()
     }
 
-    /// (Re)starts the health checks and load pollers of `service`'s current backends.
-    fn start_monitors(&mut self, service: &Service) {
+    /// (Re)starts the health checks and load pollers of `service`'s current backends, and
+    /// the steps of its slow starts.
+    fn start_monitors(&mut self, service: &Arc<Service>) {
         let stop = CancellationToken::new();
         let snapshot = service.snapshot();
         monitor::spawn(
@@ -340,6 +341,7 @@ impl Supervisor {
             &self.background,
             &stop,
         );
+        monitor::spawn_ramp(service, &self.background, &stop);
         if let Some(previous) = self.monitors.insert(service.name.clone(), stop) {
             previous.cancel();
         }
