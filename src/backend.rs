@@ -185,6 +185,12 @@ impl Backend {
         }
     }
 
+    /// Whether `other` is this backend (the same live state), perhaps under another
+    /// configuration.
+    pub(crate) fn same_as(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.live, &other.live)
+    }
+
     /// How far a slow start of `slow_start` has brought it at `now`: 1 without one, for a
     /// backend there from the start, or once `slow_start` has passed since it came up;
     /// before that the time passed as a share of it, but at least 1/[`RAMP_SCALE`].

@@ -48,6 +48,9 @@ struct Tier {
 /// What a snapshot is built from besides the service's configuration.
 struct Inputs<'a> {
     previous: Option<&'a Snapshot>,
+    /// Backends that left with connections still open: one that comes back takes up its
+    /// state again (its open connections still count against it).
+    departed: &'a [Arc<Backend>],
     signals: &'a Arc<Signals>,
     /// Runtime weight changes, by backend name (a host name's configured name covers every
     /// address it resolved to).
@@ -84,11 +87,11 @@ impl Snapshot {
                 if let Some(&weight) = weights.get(&name).or(weights.get(&configured.name)) {
                     b.weight = weight;
                 }
-                let same = inputs.previous.and_then(|p| {
-                    p.backends
-                        .iter()
-                        .find(|old| old.name == name && old.addr == addr)
-                });
+                let known = |old: &&Arc<Backend>| old.name == name && old.addr == addr;
+                let same = inputs
+                    .previous
+                    .and_then(|p| p.backends.iter().find(known))
+                    .or_else(|| inputs.departed.iter().find(known));
                 backends.push(match same {
                     Some(old) => old.reconfigured(&b, &config.health),
                     None => Backend::new(
@@ -257,6 +260,9 @@ pub(crate) struct Service {
     weights: Mutex<HashMap<String, u32>>,
     /// The addresses host names resolved to when the snapshot was last built.
     resolved: Mutex<Arc<Resolved>>,
+    /// Backends no longer in the snapshot (a reload or a DNS answer took them out) whose
+    /// connections are still open.
+    departed: Mutex<Vec<Arc<Backend>>>,
     /// Wake-ups for queued clients and for slow starts.
     pub(crate) signals: Arc<Signals>,
     /// Clients waiting for a backend with room.
@@ -281,6 +287,7 @@ impl Service {
         let signals = Arc::default();
         let inputs = Inputs {
             previous: None,
+            departed: &[],
             signals: &signals,
             weights: &HashMap::new(),
             resolved: &resolved,
@@ -293,6 +300,7 @@ impl Service {
             file_config: Mutex::new(config),
             weights: Mutex::new(HashMap::new()),
             resolved: Mutex::new(resolved),
+            departed: Mutex::new(Vec::new()),
             signals,
             queued: AtomicUsize::new(0),
             totals: Totals::default(),
@@ -367,9 +375,30 @@ impl Service {
         if !known {
             return Err(UnknownBackend(name.to_string()));
         }
+        // A host name's configured name speaks for every address it resolves to: what was
+        // set for one of them before gives way.
+        let prefix = format!("{name}@");
+        weights.retain(|key, _| !key.starts_with(&prefix));
         match weight {
             Some(w) => weights.insert(name.to_string(), w),
-            None => weights.remove(name),
+            None => {
+                weights.remove(name);
+                // One address of a host name whose configured name has a runtime weight:
+                // its configured weight must be set on it, or the name's would apply.
+                let snapshot = self.snapshot();
+                let address_of = snapshot
+                    .backends
+                    .iter()
+                    .find(|b| b.name == name && b.config.name != name)
+                    .map(|b| b.config.name.clone());
+                if let Some(configured) = address_of
+                    && weights.contains_key(&configured)
+                    && let Some(c) = config.backends.iter().find(|c| c.name == configured)
+                {
+                    weights.insert(name.to_string(), c.weight);
+                }
+                None
+            }
         };
         let resolved = Arc::clone(&lock(&self.resolved));
         self.swap(config, &weights, &resolved);
@@ -388,15 +417,27 @@ impl Service {
         resolved: &Resolved,
     ) -> Arc<Snapshot> {
         let current = self.snapshot();
+        let mut departed = lock(&self.departed);
         let inputs = Inputs {
             previous: Some(&current),
+            departed: &departed,
             signals: &self.signals,
             weights,
             resolved,
         };
         let next = Arc::new(Snapshot::new(config, &inputs));
         self.snapshot.store(Arc::clone(&next));
+        let stays = |b: &Arc<Backend>| next.backends.iter().any(|n| n.same_as(b));
+        departed.extend(current.backends.iter().filter(|b| !stays(b)).cloned());
+        departed.retain(|b| !stays(b) && b.stats().active.load(Ordering::Relaxed) > 0);
         next
+    }
+
+    /// Connections open now to the service's backends, those that left it included.
+    pub(crate) fn active(&self) -> u64 {
+        let count = |b: &Arc<Backend>| b.stats().active.load(Ordering::Relaxed);
+        let departed: u64 = lock(&self.departed).iter().map(count).sum();
+        self.snapshot().backends.iter().map(count).sum::<u64>() + departed
     }
 }
 
@@ -420,6 +461,8 @@ impl Services {
 #[derive(Debug)]
 pub(crate) struct Balancer {
     services: ArcSwap<Services>,
+    /// Services a reload removed, while their connections finish.
+    removed: Mutex<Vec<Arc<Service>>>,
     pub started: Instant,
     /// Every service's totals together, those of removed services included.
     pub totals: Arc<Totals>,
@@ -442,6 +485,7 @@ impl Balancer {
             .collect();
         Balancer {
             services: ArcSwap::from_pointee(Services { config, list }),
+            removed: Mutex::new(Vec::new()),
             started: Instant::now(),
             totals,
         }
@@ -481,7 +525,26 @@ impl Balancer {
             .collect();
         let after = Arc::new(Services { config, list });
         self.services.store(Arc::clone(&after));
+        let mut removed = lock(&self.removed);
+        removed.retain(|s| {
+            !s.connections.is_empty() && after.get(&s.name).is_none_or(|a| !Arc::ptr_eq(a, s))
+        });
+        removed.extend(
+            before
+                .list
+                .iter()
+                .filter(|s| after.get(&s.name).is_none())
+                .cloned(),
+        );
         (before, after)
+    }
+
+    /// Connections open now to backends of every service, those of removed services still
+    /// finishing included.
+    pub(crate) fn active(&self) -> u64 {
+        let current: u64 = self.services().list.iter().map(|s| s.active()).sum();
+        let removed: u64 = lock(&self.removed).iter().map(|s| s.active()).sum();
+        current + removed
     }
 }
 
@@ -581,6 +644,66 @@ mod tests {
         assert!((new.ramp_at(slow_start, later(5)) - 0.5).abs() < 0.01);
         assert_eq!(new.ramp_at(slow_start, later(11)), 1.0);
         assert_eq!(old.ramp_at(slow_start, later(0)), 1.0);
+    }
+
+    #[test]
+    fn an_address_of_a_drained_host_name_can_be_enabled_alone() {
+        let config = Config::parse(
+            r#"(listen: "127.0.0.1:0", algorithm: RoundRobin, backends: [
+                (name: "pods", addr: "pods.test:80", weight: 3), (name: "b", addr: "127.0.0.1:2")])"#,
+            Path::new("t.ron"),
+        )
+        .expect("config");
+        let mut resolved = Resolved::new();
+        resolved.insert(
+            "pods.test".into(),
+            vec![
+                "10.0.0.1".parse().expect("ip"),
+                "10.0.0.2".parse().expect("ip"),
+            ],
+        );
+        let s = Service::new(
+            config.services[0].clone(),
+            Arc::new(resolved),
+            Arc::default(),
+        );
+        let weights = |s: &Service| -> Vec<(String, u32)> {
+            s.snapshot()
+                .backends
+                .iter()
+                .map(|b| (b.name.clone(), b.weight))
+                .collect()
+        };
+        s.set_weight("pods", Some(0)).expect("known");
+        s.set_weight("pods@10.0.0.2:80", None).expect("known");
+        assert_eq!(
+            weights(&s),
+            [
+                ("pods@10.0.0.1:80".into(), 0),
+                ("pods@10.0.0.2:80".into(), 3),
+                ("b".into(), 1)
+            ]
+        );
+        // The name again: every address follows it.
+        s.set_weight("pods", None).expect("known");
+        assert_eq!(
+            weights(&s),
+            [
+                ("pods@10.0.0.1:80".into(), 3),
+                ("pods@10.0.0.2:80".into(), 3),
+                ("b".into(), 1)
+            ]
+        );
+        s.set_weight("pods@10.0.0.1:80", Some(7)).expect("known");
+        s.set_weight("pods", Some(2)).expect("known");
+        assert_eq!(
+            weights(&s),
+            [
+                ("pods@10.0.0.1:80".into(), 2),
+                ("pods@10.0.0.2:80".into(), 2),
+                ("b".into(), 1)
+            ]
+        );
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub(super) fn status(ctx: &Ctx, services: &Services) -> Status {
         .iter()
         .map(|service| service_status(service, now))
         .collect();
-    let active = services.iter().map(|s| s.totals.active).sum();
+    let active = ctx.balancer.active();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: seconds(ctx.balancer.started.elapsed()),
@@ -151,7 +151,7 @@ fn service_status(service: &Service, now: Instant) -> ServiceStatus {
         .iter()
         .map(|b| backend_status(b, &snapshot, now))
         .collect();
-    let active = backends.iter().map(|b| b.active).sum();
+    let active = service.active();
     ServiceStatus {
         name: service.name.clone(),
         listen: snapshot

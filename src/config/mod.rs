@@ -766,7 +766,7 @@ mod tests {
         let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections, send_proxy"
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections, send_proxy, backup"
         );
     }
 
@@ -966,7 +966,7 @@ mod tests {
             parse(&SERVICES.replace("\"[::1]:8080\"", "\"127.0.0.1:8080\"")).expect_err("invalid");
         assert!(
             e.to_string()
-                .starts_with("test.ron:5:41: 127.0.0.1:8080 is already"),
+                .starts_with("test.ron:5:41: 127.0.0.1:8080 is listed twice: list each address once"),
             "{e}"
         );
         // Port 0 asks for a free port each time: no clash between services.
@@ -1000,6 +1000,42 @@ mod tests {
         assert!(
             e.to_string()
                 .ends_with("missing field `backends` in a service entry"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_that_would_break_lines_or_collide_are_refused() {
+        let e = parse(&GOOD.replace("\"vm5\"", "\"pods@127.0.0.2:80\"")).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:6:17: backend name \"pods@127.0.0.2:80\" has an `@`: it is kept for the addresses of a host name (`name@address`)"
+        );
+        let e = parse(&GOOD.replace("\"vm5\"", "\"a\\nb\"")).expect_err("invalid");
+        assert!(e.to_string().contains("has a control character"), "{e}");
+        let e = parse(&SERVICES.replace("name: \"db\"", "name: \"d\\tb\"")).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .starts_with("test.ron:15:20: service name \"d\\tb\" has a control"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_is_its_ipv4_address() {
+        let text = SERVICES.replace("127.0.0.1:5432", "[::ffff:127.0.0.1]:8080");
+        let e = parse(&text).expect_err("invalid");
+        assert!(
+            e.to_string().contains(
+                "[::ffff:127.0.0.1]:8080 is already listened on by service \"web\" (as 127.0.0.1:8080)"
+            ),
+            "{e}"
+        );
+        let twice = SERVICES.replace("\"[::1]:8080\"", "\"[::ffff:127.0.0.1]:8080\"");
+        let e = parse(&twice).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .contains("is listed twice (as 127.0.0.1:8080): list each address once"),
             "{e}"
         );
     }

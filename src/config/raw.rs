@@ -136,11 +136,13 @@ pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }
+    // `[::ffff:127.0.0.1]` is 127.0.0.1 to the kernel.
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
     let covers = |wide: IpAddr, other: IpAddr| match wide {
         IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
         IpAddr::V6(w) => w.is_unspecified(),
     };
-    a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
+    a == b || covers(a, b) || covers(b, a)
 }
 
 /// A service name: not blank, unique in the file.
@@ -151,6 +153,11 @@ impl<'de> Deserialize<'de> for ServiceName {
         held_to(d, |name: &String| {
             if name.trim().is_empty() {
                 return Err("a blank service name: expected a name such as \"web\"".into());
+            }
+            if name.chars().any(char::is_control) {
+                return Err(format!(
+                    "service name {name:?} has a control character: names go into log lines and URLs"
+                ));
             }
             seen(|s| {
                 if s.services.contains(name) {
@@ -269,6 +276,16 @@ fn claim(addr: SocketAddr) -> Result<(), String> {
             ));
         }
         if let Some((other, owner)) = s.listen.iter().find(|(other, _)| overlap(*other, addr)) {
+            if owner.is_some() && *owner == s.service {
+                let as_other = if *other == addr {
+                    String::new()
+                } else {
+                    format!(" (as {other})")
+                };
+                return Err(format!(
+                    "{addr} is listed twice{as_other}: list each address once"
+                ));
+            }
             let owner = match owner {
                 Some(name) => format!("service {name:?}"),
                 None => "another listener".to_string(),
@@ -541,6 +558,16 @@ impl<'de> Deserialize<'de> for Name {
         held_to(d, |name: &String| {
             if name.trim().is_empty() {
                 return Err("a blank backend name: expected a name such as \"vm4\"".into());
+            }
+            if name.chars().any(char::is_control) {
+                return Err(format!(
+                    "backend name {name:?} has a control character: names go into log lines and URLs"
+                ));
+            }
+            if name.contains('@') {
+                return Err(format!(
+                    "backend name {name:?} has an `@`: it is kept for the addresses of a host name (`name@address`)"
+                ));
             }
             seen(|s| match &mut s.backends {
                 Some(names) if names.contains(name) => Err(format!(

@@ -123,19 +123,21 @@ impl Server {
         relay::zero_copy::set_max_pipes(config.max_pipes);
         let background = TaskTracker::new();
         let mut host_names = HostNames::new();
-        let resolved = host_names.follow(&config, &background).await;
+        tokio::pin!(shutdown);
+        let resolved = tokio::select! {
+            () = &mut shutdown => {
+                host_names.stop();
+                info!("stopped before serving");
+                return Ok(());
+            }
+            resolved = host_names.follow(&config, &background) => resolved,
+        };
+        if !names::can_serve(&config, &resolved) {
+            host_names.stop();
+            return Err(io::Error::other(NO_SERVICE_CAN_SERVE));
+        }
         let balancer = Arc::new(Balancer::new(config, &resolved));
         let services = balancer.services();
-        if services
-            .list
-            .iter()
-            .all(|s| s.snapshot().backends.is_empty())
-        {
-            host_names.stop();
-            return Err(io::Error::other(
-                "no service can serve: every backend is a host name that resolves to nothing",
-            ));
-        }
         let finished = CancellationToken::new();
         let workers = Workers::start(services.config.workers, &finished)?;
         let mut supervisor = Supervisor {
@@ -173,7 +175,6 @@ impl Server {
         drop(services);
         let mut reloads_open = true;
 
-        tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
                 () = &mut shutdown => Control::Shutdown,
@@ -206,13 +207,23 @@ impl Server {
                     }
                 }
             };
-            let resolved = host_names.follow(&config, &supervisor.background).await;
-            if let Err(e) = supervisor.reload(config, &resolved).await {
+            // Resolving new names can take seconds: a shutdown meanwhile wins.
+            let resolved = tokio::select! {
+                () = &mut shutdown => break,
+                resolved = host_names.follow(&config, &supervisor.background) => resolved,
+            };
+            let refused = if names::can_serve(&config, &resolved) {
+                supervisor.reload(config, &resolved).await.err()
+            } else {
+                Some(io::Error::other(NO_SERVICE_CAN_SERVE))
+            };
+            if let Some(e) = refused {
                 error!("reload rejected: {e}; keeping the running configuration");
                 let running = balancer.services();
-                let resolved = host_names
-                    .follow(&running.config, &supervisor.background)
-                    .await;
+                let resolved = tokio::select! {
+                    () = &mut shutdown => break,
+                    resolved = host_names.follow(&running.config, &supervisor.background) => resolved,
+                };
                 supervisor.resolved(&resolved);
                 continue;
             }
@@ -287,6 +298,10 @@ fn bind_service(
             )
         })
 }
+
+/// Why a configuration cannot be put in force although it is valid.
+const NO_SERVICE_CAN_SERVE: &str =
+    "no service can serve: every backend is a host name that resolves to nothing";
 
 /// What woke the control loop.
 enum Control {

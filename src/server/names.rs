@@ -104,6 +104,19 @@ impl HostNames {
     }
 }
 
+/// Whether some service of `config` has a backend, with host names resolved as in
+/// `resolved`.
+pub(super) fn can_serve(config: &Config, resolved: &Resolved) -> bool {
+    config
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .any(|b| match &b.addr {
+            BackendAddr::Ip(_) => true,
+            BackendAddr::Name { host, .. } => resolved.get(host).is_some_and(|a| !a.is_empty()),
+        })
+}
+
 /// What `ballast --check` warns about: each backend host name of `config` that does not
 /// resolve now, with the reason. Queries go where the running balancer's would.
 pub async fn unresolved(config: &Config) -> Vec<String> {
