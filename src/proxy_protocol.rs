@@ -203,6 +203,11 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, Error> {
         return Ok(None);
     }
     let body = &buf[16..total];
+    // The family in the high nibble (UNSPEC, INET, INET6, UNIX), the transport in the low
+    // one (UNSPEC, STREAM, DGRAM): other values "must be rejected as invalid by receivers".
+    if !matches!(buf[13], 0x00 | 0x11 | 0x12 | 0x21 | 0x22 | 0x31 | 0x32) {
+        return Err(Error::BadV2("unknown address family or transport"));
+    }
     let header = match command {
         0 => Header::Local,
         1 => match buf[13] {
@@ -232,7 +237,8 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, Error> {
                     destination: SocketAddr::new(ip(16).into(), port(34)),
                 }
             }
-            // UNSPEC, UDP, UNIX: nothing ballast can pass on; the connection's own stand.
+            // UNSPEC, datagrams, UNIX sockets: nothing ballast can pass on; the
+            // connection's own addresses stand.
             _ => Header::Local,
         },
         _ => return Err(Error::BadV2("command is neither LOCAL nor PROXY")),
@@ -401,6 +407,29 @@ mod tests {
         let mut huge = SIGNATURE.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert_eq!(parse(&huge), Err(Error::TooLong));
+    }
+
+    #[test]
+    fn v2_families_and_transports_outside_the_spec_are_refused() {
+        let header = |command: u8, family: u8| {
+            let mut h = SIGNATURE.to_vec();
+            h.extend_from_slice(&[0x20 | command, family, 0, 12]);
+            h.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 2, 0x1f, 0x90, 0, 80]);
+            h
+        };
+        for family in [0x41, 0x13, 0x01, 0x10, 0xff] {
+            for command in [0, 1] {
+                assert_eq!(
+                    parse(&header(command, family)),
+                    Err(Error::BadV2("unknown address family or transport")),
+                    "family {family:#04x}, command {command}"
+                );
+            }
+        }
+        // Known ones ballast cannot pass on keep the connection's own addresses.
+        for family in [0x00, 0x12, 0x22, 0x31, 0x32] {
+            assert_eq!(parse(&header(1, family)), Ok(Some((Header::Local, 28))));
+        }
     }
 
     /// Property: on arbitrary input (random bytes, and mutations of valid headers) the

@@ -177,3 +177,28 @@ async fn bad_headers_close_only_their_client() {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_sent_on_as_tcp4() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        println!("skipped: no IPv6 on this machine");
+        return;
+    }
+    // A v2 header for IPv4 is 16 + 12 bytes.
+    let backend = header_mirror(28).await;
+    let text = with_proxy(backend, "V2", "").replace("127.0.0.1:0", "[::]:0");
+    let b = InProcess::start(&text).await;
+    let to = SocketAddr::from(([127, 0, 0, 1], b.addr.port()));
+    let mut s = connect(to).await;
+    let me = s.local_addr().expect("addr");
+    within(s.write_all(b"x")).await.expect("write");
+    let mut got = [0u8; 29];
+    within(s.read_exact(&mut got)).await.expect("read");
+    // PROXY command, TCP over IPv4: not TCP6 with IPv4-mapped addresses.
+    assert_eq!(&got[12..16], &[0x21, 0x11, 0, 12]);
+    assert_eq!(&got[16..20], &[127, 0, 0, 1]);
+    assert_eq!(&got[20..24], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([got[24], got[25]]), me.port());
+    assert_eq!(u16::from_be_bytes([got[26], got[27]]), to.port());
+    assert_eq!(got[28], b'x');
+}

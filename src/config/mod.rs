@@ -965,8 +965,9 @@ mod tests {
         let e =
             parse(&SERVICES.replace("\"[::1]:8080\"", "\"127.0.0.1:8080\"")).expect_err("invalid");
         assert!(
-            e.to_string()
-                .starts_with("test.ron:5:41: 127.0.0.1:8080 is listed twice: list each address once"),
+            e.to_string().starts_with(
+                "test.ron:5:41: 127.0.0.1:8080 is listed twice: list each address once"
+            ),
             "{e}"
         );
         // Port 0 asks for a free port each time: no clash between services.

@@ -25,6 +25,9 @@ pub(super) async fn serve_connection(
     service: Arc<Service>,
 ) {
     let started = Instant::now();
+    // An IPv4 client of a dual-stack `[::]` listener is an IPv4 client: so it is logged and
+    // passed on in PROXY headers (TCP4).
+    peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let snapshot = service.snapshot();
     let cut_off = &service.cut_off;
     let access_log = snapshot.config.access_log;
@@ -153,7 +156,7 @@ async fn set_up(
         let destination = match destination {
             Some(to) => to,
             None => match client.local_addr() {
-                Ok(to) => to,
+                Ok(to) => SocketAddr::new(to.ip().to_canonical(), to.port()),
                 Err(e) => {
                     return (
                         source,
