@@ -100,7 +100,7 @@ fn recovered(line: &str) -> bool {
 
 /// Whether `line` says a service was rebuilt for new addresses of its host names.
 fn dns_change(line: &str) -> bool {
-    message(line).contains("backends after a DNS change")
+    message(line).contains(" after a DNS change")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn traffic_follows_a_name_from_two_addresses_to_one() {
     let changed = Instant::now();
     dns.set(HOST, &[ip("127.0.0.2")]);
     b.log.wait_for(1, |l| {
-        message(l) == "service web: 1 backends after a DNS change"
+        message(l) == "service web: 1 backend after a DNS change"
     });
     let took = changed.elapsed();
     assert!(
@@ -215,7 +215,7 @@ async fn a_name_that_never_resolves_leaves_the_other_service_serving() {
     });
     b.log.wait_for(1, |l| {
         message(l)
-            == format!("listening on {plain_addr}, service plain, algorithm RoundRobin, 1 backends")
+            == format!("listening on {plain_addr}, service plain, algorithm RoundRobin, 1 backend")
     });
     let failing = "dns: cannot resolve ghost.test: no such name; it has no addresses yet";
     b.log.wait_for(1, |l| message(l) == failing);
@@ -259,7 +259,7 @@ async fn a_name_that_never_resolves_leaves_the_other_service_serving() {
     // Once the name resolves, the service serves.
     dns.set("ghost.test", &[ip("127.0.0.2")]);
     b.log.wait_for(1, |l| {
-        message(l) == "service ghosts: 1 backends after a DNS change"
+        message(l) == "service ghosts: 1 backend after a DNS change"
     });
     b.log.wait_for(1, |l| {
         level(l) == "INFO" && message(l).starts_with("dns: ghost.test resolves again, after ")

@@ -476,7 +476,9 @@ impl Config {
         });
         out.push_str(&format!("admin      {admin}\n"));
         out.push_str(&format!("pipes      up to {}\n", self.max_pipes));
-        if self.services.iter().any(ServiceConfig::resolves_names) {
+        if self.dns != DnsConfig::default()
+            || self.services.iter().any(ServiceConfig::resolves_names)
+        {
             let servers = if self.dns.servers.is_empty() {
                 "the system resolver (/etc/resolv.conf, /etc/hosts)".to_string()
             } else {

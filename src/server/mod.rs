@@ -367,9 +367,9 @@ impl Supervisor {
         for service in &self.balancer.services().list {
             if let Some(snapshot) = service.resolve(resolved) {
                 info!(
-                    "service {}: {} backends after a DNS change",
+                    "service {}: {} after a DNS change",
                     service.name,
-                    snapshot.backends.len()
+                    counted(snapshot.backends.len(), "backend")
                 );
                 self.start_monitors(service);
             }
@@ -439,6 +439,11 @@ impl Supervisor {
                 .is_none_or(|snapshot| !Arc::ptr_eq(snapshot, &service.snapshot()));
             if rebuilt {
                 self.start_monitors(service);
+                if old.is_some() && old == new {
+                    // Its entry is the same, but its backends are not (a host name resolves
+                    // elsewhere now, or runtime weights were cleared).
+                    report.push(format!("{} backends renewed", service.name));
+                }
             }
         }
         // New addresses first, then the old ones go: an address moving between services is
@@ -486,9 +491,9 @@ impl Supervisor {
             report.join(", ")
         };
         info!(
-            "reloaded: listening on {}; {} services ({changes})",
+            "reloaded: listening on {}; {} ({changes})",
             addrs.join(", "),
-            after.list.len()
+            counted(after.list.len(), "service")
         );
         Ok(())
     }
@@ -605,16 +610,25 @@ fn log_service(what: &str, local: &[SocketAddr], service: &Service) {
     let config: &ServiceConfig = &snapshot.config;
     let addrs: Vec<String> = local.iter().map(|a| a.to_string()).collect();
     info!(
-        "{what} {}, service {}, algorithm {}, {} backends",
+        "{what} {}, service {}, algorithm {}, {}",
         addrs.join(", "),
         service.name,
         config.algorithm,
-        snapshot.backends.len()
+        counted(snapshot.backends.len(), "backend")
     );
     for b in &snapshot.backends {
         info!(
             "service {}: backend {} at {} weight {}",
             service.name, b.name, b.addr, b.weight
         );
+    }
+}
+
+/// `1 backend`, `2 backends`.
+fn counted(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
