@@ -69,6 +69,8 @@ pub(crate) mod monitor;
 pub(crate) mod probe;
 pub mod proxy_protocol;
 pub(crate) mod relay;
+pub(crate) mod routes;
 pub mod selection;
 pub mod server;
 pub mod signal;
+pub mod tls_hello;
