@@ -1070,7 +1070,7 @@ mod tests {
         );
     }
 
-    /// The example of the README's "Routing by TLS server name" section.
+    /// An edge with routes and its own backends, one target without `listen` and one with.
     const ROUTES: &str = r#"(
     services: [
         (
@@ -1091,6 +1091,27 @@ mod tests {
     ],
     timeouts: (connect: "1s"),
 )"#;
+
+    #[test]
+    fn the_readme_routing_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("### Routing by TLS server name")
+            .expect("the section")
+            .1;
+        let example = section
+            .split_once("```ron\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .expect("its example")
+            .0;
+        let c = parse(example).expect("valid");
+        let names: Vec<(&str, usize, usize)> = c
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.listen.len(), s.routes.len()))
+            .collect();
+        assert_eq!(names, [("edge", 1, 2), ("api", 0, 0), ("www", 0, 0)]);
+    }
 
     #[test]
     fn routes_parse_lower_cased_with_their_targets() {

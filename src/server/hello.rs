@@ -8,6 +8,7 @@ use log::debug;
 use nix::sys::socket::{MsgFlags, recv};
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,9 +49,10 @@ impl fmt::Display for Routed {
     }
 }
 
-/// Reads the ClientHello of a client of `service` (whose route table is `routes`) within
-/// `limit`, and routes it: to the target of the route its server name matches, or else to
-/// the service's own backends.
+/// Reads the ClientHello of client `peer` of `service` (whose route table is `routes`)
+/// within `limit`, and routes it: to the target of the route its server name matches, or
+/// else to the service's own backends (`own_backends`: it has some). Returns how it was
+/// routed, once that is known, with the verdict.
 ///
 /// # Errors
 /// For the log, with how far it got: the ClientHello did not arrive whole within `limit`,
@@ -58,6 +60,7 @@ impl fmt::Display for Routed {
 /// backends of its own.
 pub(super) async fn route(
     client: &TcpStream,
+    peer: SocketAddr,
     routes: &Routes<Arc<Service>>,
     service: &Service,
     own_backends: bool,
@@ -83,7 +86,7 @@ pub(super) async fn route(
         Ok(Parsed::NeedMore) => (Routed::NotTls, "an unfinished ClientHello".into()),
     };
     if own_backends {
-        debug!("{why}: to service {}'s own backends", service.name);
+        debug!("{peer}: {why}: to service {}'s own backends", service.name);
         (Some(routed), Ok(()))
     } else {
         let why = format!(

@@ -39,9 +39,9 @@ pub(super) async fn serve_connection(
         }
     });
     // One address for the client across the relay (the header's, where one was read): each
-    // value kept across an await sizes every connection's task.
-    // How a client of a service with routes was routed: boxed, one pointer in every
-    // connection's task, none but routed ones pay for more.
+    // value kept across an await sizes every connection's task. So is how a client of a
+    // service with routes was routed boxed: one pointer in every task, and only clients of
+    // services with routes pay for more.
     let (guard, upstream, routed) = match connecting.await {
         None => {
             access(
@@ -180,6 +180,7 @@ async fn set_up(
     {
         let (how, verdict) = hello::route(
             client,
+            source,
             &routes,
             service,
             !snapshot.config.backends.is_empty(),
