@@ -8,8 +8,9 @@ use crate::backend::{Backend, ConnectionGuard, RAMP_SCALE, Signals};
 use crate::config::{BackendAddr, Config, ServiceConfig};
 use crate::dns::Resolved;
 use crate::relay;
+use crate::routes::Routes;
 use crate::selection::{Candidate, Candidates, Selector};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use log::info;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -276,6 +277,10 @@ pub(crate) struct Service {
     pub connections: TaskTracker,
     /// Raised when the grace period is over: remaining connections are closed.
     pub cut_off: Arc<relay::StopSignal>,
+    /// Where its clients go by TLS server name, each route's target the running service;
+    /// `None` for a service without routes. Set by [`route_all`] whenever the list of
+    /// services is built. No cycle of `Arc`s: a target has no routes of its own.
+    pub routes: ArcSwapOption<Routes<Arc<Service>>>,
 }
 
 impl Service {
@@ -307,6 +312,7 @@ impl Service {
             process_totals,
             connections: TaskTracker::new(),
             cut_off: Arc::default(),
+            routes: ArcSwapOption::empty(),
         }
     }
 
@@ -483,8 +489,10 @@ impl Balancer {
                 ))
             })
             .collect();
+        let services = Services { config, list };
+        route_all(&services);
         Balancer {
-            services: ArcSwap::from_pointee(Services { config, list }),
+            services: ArcSwap::from_pointee(services),
             removed: Mutex::new(Vec::new()),
             started: Instant::now(),
             totals,
@@ -523,7 +531,9 @@ impl Balancer {
                 )),
             })
             .collect();
-        let after = Arc::new(Services { config, list });
+        let after = Services { config, list };
+        route_all(&after);
+        let after = Arc::new(after);
         self.services.store(Arc::clone(&after));
         let mut removed = lock(&self.removed);
         removed.retain(|s| {
@@ -551,6 +561,20 @@ impl Balancer {
 impl Service {
     fn weights_are_default(&self) -> bool {
         lock(&self.weights).is_empty()
+    }
+}
+
+/// Builds every service's route table anew, each target resolved to its running service
+/// (a target kept by a reload is the same service, one added is the new one), so the data
+/// path finds it without a lock.
+fn route_all(services: &Services) {
+    for service in &services.list {
+        let routes = services
+            .config
+            .service(&service.name)
+            .filter(|c| !c.routes.is_empty())
+            .map(|c| Arc::new(Routes::new(&c.routes, |to| services.get(to).cloned())));
+        service.routes.store(routes);
     }
 }
 

@@ -10,7 +10,8 @@
 //!   second SIGINT exits `ballast` at once), SIGHUP re-reads `ballast`'s configuration.
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
 //!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
-//!   queue) and one connection's `session` (relay and access line).
+//!   queue), `hello` (a client's TLS ClientHello, peeked, and where its server name routes
+//!   it) and one connection's `session` (relay and access line).
 //! - `admin`: the admin listener, in `admin/`: `api` (connections, routing, runtime API),
 //!   `auth` (the token), `chart` (the history ring), `status` (JSON and page), `metrics`
 //!   (Prometheus text).
@@ -18,7 +19,10 @@
 //!   or one per backend of a configuration) and the two pages.
 //! - `monitor`: background health checks and `/load` pollers that feed the backends' state.
 //! - `balancer`: the live state the server and the admin listener share: the snapshot
-//!   swapped whole on reload, the candidate view a selector picks from, the totals.
+//!   swapped whole on reload, the candidate view a selector picks from, the totals, and each
+//!   service's route table with its targets resolved.
+//! - `routes`: a service's route table by TLS server name (exact names, then the longest
+//!   wildcard), pure and generic over its targets.
 //! - `backend`: the live, shared counters of one backend and the RAII guard that keeps the
 //!   active-connection count honest.
 //! - `histogram`: lock-free duration histograms with fixed buckets (connect time, connection
@@ -36,6 +40,8 @@
 //!   deep backlog) and the back-off after a failed `accept`.
 //! - [`proxy_protocol`]: PROXY protocol v1 and v2 headers (HAProxy's `proxy-protocol.txt`),
 //!   built and parsed, pure and bounded.
+//! - [`tls_hello`]: the server name (SNI) of a TLS ClientHello spread over any number of
+//!   records and segments, read without changing a byte; pure and bounded.
 //! - `fault`: whose fault a failed socket operation is, the peer's or ballast's own: the one
 //!   rule the relay's backend connects, the accept back-off, the health checks and the load
 //!   poller share.
@@ -69,6 +75,8 @@ pub(crate) mod monitor;
 pub(crate) mod probe;
 pub mod proxy_protocol;
 pub(crate) mod relay;
+pub(crate) mod routes;
 pub mod selection;
 pub mod server;
 pub mod signal;
+pub mod tls_hello;

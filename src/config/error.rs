@@ -96,6 +96,7 @@ pub(super) fn describe_ron_error(code: &ron::Error) -> String {
             let place = match outer.as_deref() {
                 Some("RawBackend") => " in a backend entry",
                 Some("RawService") => " in a service entry",
+                Some("RawRoute") => " in a route entry",
                 Some("RawConfig") => "",
                 _ => " in this section",
             };

@@ -35,6 +35,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
 /// Default time one direction may stay open after the other has finished.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(60);
+/// Default time a client of a service with routes has to send its whole TLS ClientHello.
+pub const DEFAULT_CLIENT_HELLO: Duration = Duration::from_secs(5);
 /// Default number of pipes splicing may hold at once (`relay.max_pipes`).
 pub const DEFAULT_MAX_PIPES: usize = 1024;
 /// Default path of the load endpoint polled in WorkloadSensitive mode.
@@ -59,20 +61,28 @@ pub struct Config {
     pub admin_token: Option<String>,
 }
 
-/// One service: the addresses it listens on and the backends its clients are relayed to,
-/// with its own timeouts, limits, relay, health checks, load polls and access log (the
-/// file's top-level sections, where the service sets none of its own).
+/// One service: the addresses it listens on, the backends its clients are relayed to and
+/// the routes that send them to other services by TLS server name, with its own timeouts,
+/// limits, relay, health checks, load polls and access log (the file's top-level sections,
+/// where the service sets none of its own).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
     /// Its name: unique, shown in logs, metrics and the status page. The single-service
     /// form of the file names its one service [`DEFAULT_SERVICE`].
     pub name: String,
-    /// The addresses clients connect to (at least one).
+    /// The addresses clients connect to; none for a service reached only through another
+    /// service's routes.
     pub listen: Vec<SocketAddr>,
-    /// How a backend is picked for each connection.
+    /// How a backend is picked for each connection (`RoundRobin`, unused, for a service
+    /// without backends).
     pub algorithm: Algorithm,
-    /// The backends, in configuration order (at least one, names unique).
+    /// The backends, in configuration order (names unique); none only for a service with
+    /// routes, whose clients that match no route are then closed.
     pub backends: Vec<BackendConfig>,
+    /// Where clients go by the server name of their TLS ClientHello, in configuration order;
+    /// empty for a service that relays every client to its own backends. A route leads to
+    /// another service of the file, one without routes of its own.
+    pub routes: Vec<RouteConfig>,
     /// Connect, idle, half-close and shutdown-grace limits.
     pub timeouts: Timeouts,
     /// Connection limits and the queue for full backends.
@@ -92,6 +102,17 @@ pub struct ServiceConfig {
     /// its weight from a sixteenth to the whole over this time (HAProxy's `slowstart`,
     /// Envoy's slow start mode); `None`: at once.
     pub slow_start: Option<Duration>,
+}
+
+/// One route of a service: clients whose TLS server name is one of `server_names` go to
+/// the backends of `service`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Lower-case DNS names (`api.example.com`) and wildcards (`*.example.com`: every name
+    /// that ends in `.example.com`), unique within the service's routes.
+    pub server_names: Vec<String>,
+    /// The service they lead to.
+    pub service: String,
 }
 
 /// The name of the one service of the single-service form (top-level `listen`,
@@ -299,6 +320,9 @@ pub struct Timeouts {
     pub half_close: Duration,
     /// At shutdown, open connections get this long to finish before they are reset.
     pub grace: Duration,
+    /// A client of a service with routes must send its whole TLS ClientHello within this
+    /// long (after its PROXY header, if any), or it is closed.
+    pub client_hello: Duration,
 }
 
 impl Default for Timeouts {
@@ -308,6 +332,7 @@ impl Default for Timeouts {
             idle: DEFAULT_IDLE,
             half_close: DEFAULT_HALF_CLOSE,
             grace: DEFAULT_GRACE,
+            client_hello: DEFAULT_CLIENT_HELLO,
         }
     }
 }
@@ -334,16 +359,25 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let ron_options = ron::Options::default()
             .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
-        let scope = ParseScope::begin();
-        let raw: RawConfig = ron_options
-            .from_str(text)
-            .map_err(|e| ConfigError::Syntax {
-                path: path.to_path_buf(),
-                line: e.span.start.line,
-                col: e.span.start.col,
-                message: describe_ron_error(&e.code),
-            })?;
-        drop(scope);
+        let read = |known| {
+            let scope = ParseScope::begin(known);
+            let raw: Result<RawConfig, _> = ron_options.from_str(text);
+            let learnt = scope.learnt();
+            raw.map(|raw| (raw, learnt))
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line: e.span.start.line,
+                    col: e.span.start.col,
+                    message: describe_ron_error(&e.code),
+                })
+        };
+        // Rules that look ahead (routes to services written further down, services reached
+        // only through routes) are checked by a second parse that knows every entry, so
+        // that their errors too point at the value at fault.
+        let (mut raw, learnt) = read(None)?;
+        if raw.services.is_some() {
+            raw = read(Some(learnt))?.0;
+        }
         let invalid = |position, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             position,
@@ -408,9 +442,10 @@ impl Config {
                 vec![service_config(
                     RawService {
                         name: ServiceName(DEFAULT_SERVICE.to_string()),
-                        listen,
-                        algorithm,
-                        backends,
+                        listen: Some(listen),
+                        algorithm: Some(algorithm),
+                        backends: Some(backends),
+                        routes: None,
                         accept_proxy: raw.accept_proxy,
                         timeouts: None,
                         limits: None,
@@ -492,7 +527,13 @@ impl Config {
         }
         for service in &self.services {
             out.push('\n');
-            out.push_str(&service.summary());
+            let routed_from: Vec<&str> = self
+                .services
+                .iter()
+                .filter(|s| s.routes.iter().any(|r| r.service == service.name))
+                .map(|s| s.name.as_str())
+                .collect();
+            out.push_str(&service.summary(&routed_from));
         }
         out
     }
@@ -506,15 +547,40 @@ impl ServiceConfig {
             .any(|b| matches!(b.addr, BackendAddr::Name { .. }))
     }
 
-    fn summary(&self) -> String {
+    /// Its block of the `--check` summary; `routed_from` names the services whose routes
+    /// lead to it.
+    fn summary(&self, routed_from: &[&str]) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
-        let mut out = format!(
-            "service    {}\n  listen     {}\n  algorithm  {}\n  backends   {}\n",
-            self.name,
-            listen.join(", "),
-            self.algorithm,
-            self.backends.len()
-        );
+        let listen = if listen.is_empty() {
+            "none".to_string()
+        } else {
+            listen.join(", ")
+        };
+        let mut out = format!("service    {}\n  listen     {listen}\n", self.name);
+        if !routed_from.is_empty() {
+            out.push_str(&format!("  routed     from {}\n", routed_from.join(", ")));
+        }
+        if !self.routes.is_empty() {
+            out.push_str(&format!("  routes     {}\n", self.routes.len()));
+            let names: Vec<String> = self
+                .routes
+                .iter()
+                .map(|r| r.server_names.join(", "))
+                .collect();
+            let width = names.iter().map(String::len).max().unwrap_or(0);
+            for (names, route) in names.iter().zip(&self.routes) {
+                out.push_str(&format!("    {names:width$}  -> {}\n", route.service));
+            }
+        }
+        if self.backends.is_empty() {
+            out.push_str("  backends   none: clients no route takes are closed\n");
+        } else {
+            out.push_str(&format!(
+                "  algorithm  {}\n  backends   {}\n",
+                self.algorithm,
+                self.backends.len()
+            ));
+        }
         let width = self
             .backends
             .iter()
@@ -540,8 +606,13 @@ impl ServiceConfig {
             ));
         }
         let t = &self.timeouts;
+        let hello = if self.routes.is_empty() {
+            String::new()
+        } else {
+            format!(", client hello {:?}", t.client_hello)
+        };
         out.push_str(&format!(
-            "  timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}\n",
+            "  timeouts   connect {:?}, idle {:?}, half-close {:?}, grace {:?}{hello}\n",
             t.connect, t.idle, t.half_close, t.grace
         ));
         out.push_str(&format!(
@@ -600,7 +671,7 @@ fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
     });
     let backends = raw
         .backends
-        .0
+        .map_or_else(Vec::new, |b| b.0)
         .into_iter()
         .map(|b| BackendConfig {
             name: b.name.0,
@@ -616,11 +687,22 @@ fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
             backup: b.backup,
         })
         .collect();
+    let routes = raw.routes.map_or_else(Vec::new, |routes| {
+        routes
+            .0
+            .into_iter()
+            .map(|r| RouteConfig {
+                server_names: r.server_names.0,
+                service: r.service.0,
+            })
+            .collect()
+    });
     ServiceConfig {
         name: raw.name.0,
-        listen: raw.listen.0,
-        algorithm: raw.algorithm,
+        listen: raw.listen.map_or_else(Vec::new, |l| l.0),
+        algorithm: raw.algorithm.unwrap_or(Algorithm::RoundRobin),
         backends,
+        routes,
         timeouts: raw
             .timeouts
             .map_or(defaults.timeouts, |t| timeouts(t, defaults.timeouts)),
@@ -644,6 +726,7 @@ fn timeouts(raw: RawTimeouts, base: Timeouts) -> Timeouts {
         idle: raw.idle.map_or(base.idle, |d| d.0),
         half_close: raw.half_close.map_or(base.half_close, |d| d.0),
         grace: raw.grace.map_or(base.grace, |d| d.0),
+        client_hello: raw.client_hello.map_or(base.client_hello, |d| d.0),
     }
 }
 
@@ -1000,10 +1083,245 @@ mod tests {
             "",
         );
         let e = parse(&text).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:15:17: service \"db\" has neither backends nor routes: give it `backends`, `routes` or both"
+        );
+    }
+
+    /// An edge with routes and its own backends, one target without `listen` and one with.
+    const ROUTES: &str = r#"(
+    services: [
+        (
+            name: "edge",
+            listen: "127.0.0.1:8443",
+            routes: [
+                (server_names: ["API.example.com", "*.api.example.com"], service: "api"),
+                (server_names: ["www.example.com."], service: "www"),
+            ],
+            algorithm: RoundRobin,
+            backends: [(name: "fallback", addr: "127.0.0.1:9000")],
+            timeouts: (client_hello: "2s"),
+        ),
+        (name: "api", algorithm: LeastConnections,
+         backends: [(name: "a1", addr: "127.0.0.1:9001")]),
+        (name: "www", listen: "127.0.0.1:8080", algorithm: RoundRobin,
+         backends: [(name: "w1", addr: "127.0.0.1:9002")]),
+    ],
+    timeouts: (connect: "1s"),
+)"#;
+
+    #[test]
+    fn the_readme_routing_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("### Routing by TLS server name")
+            .expect("the section")
+            .1;
+        let example = section
+            .split_once("```ron\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .expect("its example")
+            .0;
+        let c = parse(example).expect("valid");
+        let names: Vec<(&str, usize, usize)> = c
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.listen.len(), s.routes.len()))
+            .collect();
+        assert_eq!(names, [("edge", 1, 2), ("api", 0, 0), ("www", 0, 0)]);
+    }
+
+    #[test]
+    fn routes_parse_lower_cased_with_their_targets() {
+        let c = parse(ROUTES).expect("valid");
+        let edge = &c.services[0];
+        assert_eq!(
+            edge.routes,
+            vec![
+                RouteConfig {
+                    server_names: vec!["api.example.com".into(), "*.api.example.com".into()],
+                    service: "api".into(),
+                },
+                RouteConfig {
+                    server_names: vec!["www.example.com".into()],
+                    service: "www".into(),
+                },
+            ]
+        );
+        assert_eq!(edge.timeouts.client_hello, Duration::from_secs(2));
+        assert_eq!(edge.timeouts.connect, Duration::from_secs(1));
+        let api = &c.services[1];
+        assert!(api.listen.is_empty() && api.routes.is_empty());
+        assert_eq!(api.algorithm, Algorithm::LeastConnections);
+        assert_eq!(api.timeouts.client_hello, DEFAULT_CLIENT_HELLO);
+        // A service with routes needs no backends (nor an algorithm) of its own.
+        let bare = ROUTES.replace(
+            "            algorithm: RoundRobin,\n            backends: [(name: \"fallback\", addr: \"127.0.0.1:9000\")],\n",
+            "",
+        );
+        let c = parse(&bare).expect("valid without backends");
+        assert!(c.services[0].backends.is_empty());
+        // The top level's client_hello is every service's default.
+        let top = ROUTES.replace("(connect: \"1s\")", "(client_hello: \"750ms\")");
+        let c = parse(&top).expect("valid");
+        assert_eq!(c.services[0].timeouts.client_hello, Duration::from_secs(2));
+        assert_eq!(
+            c.services[1].timeouts.client_hello,
+            Duration::from_millis(750)
+        );
+    }
+
+    #[test]
+    fn route_targets_are_other_services_without_routes() {
+        let cases = [
+            (
+                ROUTES.replace("service: \"www\"", "service: \"wwx\""),
+                "test.ron:8:64: route to unknown service \"wwx\": expected the name of a service of this file",
+            ),
+            (
+                ROUTES.replace("service: \"www\"", "service: \"edge\""),
+                "test.ron:8:64: service \"edge\" routes to itself: a route leads to another service",
+            ),
+            (
+                ROUTES.replace(
+                    "listen: \"127.0.0.1:8080\",",
+                    "listen: \"127.0.0.1:8080\", routes: [(server_names: [\"x.example\"], service: \"api\")],",
+                ),
+                "test.ron:8:64: route to service \"www\", which has routes of its own: a route leads to a service without routes",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(&text).expect_err(expected).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn a_service_needs_a_way_in_and_a_way_out() {
+        let cases = [
+            // No listen, and no route to it.
+            (
+                ROUTES.replace("service: \"api\"", "service: \"www\""),
+                "test.ron:14:17: service \"api\" has no `listen` and no route leads to it: give it `listen`, or name it in another service's `routes`",
+            ),
+            // Reached through a route, but nowhere to send its clients.
+            (
+                ROUTES.replace(
+                    "algorithm: LeastConnections,\n         backends: [(name: \"a1\", addr: \"127.0.0.1:9001\")]",
+                    "",
+                ),
+                "test.ron:14:17: service \"api\" has neither backends nor routes: give it `backends`, `routes` or both",
+            ),
+            (
+                ROUTES.replace("algorithm: LeastConnections,", ""),
+                "test.ron:14:17: service \"api\" has backends but no `algorithm`: add one, such as `algorithm: RoundRobin`",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(&text).expect_err(expected).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn server_names_are_dns_names_unique_within_a_service() {
+        for bad in [
+            "a..b",
+            "*",
+            "*.*.example.com",
+            "1.2.3.4",
+            "api.*.com",
+            "-a.com",
+            "",
+        ] {
+            let text = ROUTES.replace("\"www.example.com.\"", &format!("{bad:?}"));
+            assert_eq!(
+                parse(&text).expect_err(bad).to_string(),
+                format!(
+                    "test.ron:8:34: invalid server name {bad:?}: expected a DNS name such as \"api.example.com\", or \"*.example.com\" for every name under example.com"
+                )
+            );
+        }
+        let text = ROUTES.replace("\"www.example.com.\"", "\"Api.Example.com\"");
+        assert_eq!(
+            parse(&text).expect_err("duplicate").to_string(),
+            "test.ron:8:34: duplicate server name \"api.example.com\": a name routes to one service"
+        );
+        // Two services may each route the same name.
+        let text = ROUTES.replace(
+            "listen: \"127.0.0.1:8080\",",
+            "listen: \"127.0.0.1:8080\", routes: [(server_names: [\"api.example.com\"], service: \"api\")],",
+        );
+        let text = text.replace("service: \"www\"", "service: \"api\"");
+        parse(&text).expect("the same name in two services' routes");
+    }
+
+    #[test]
+    fn route_lists_and_entries_are_checked() {
+        let cases = [
+            (
+                ROUTES.replace("[\"www.example.com.\"]", "[]"),
+                "test.ron:8:33: no server names: a route lists at least one, such as [\"api.example.com\"]",
+            ),
+            (
+                ROUTES.replace("server_names: [\"www.example.com.\"], ", ""),
+                "test.ron:8:32: missing field `server_names` in a route entry",
+            ),
+            (
+                ROUTES.replace("service: \"www\"", "servce: \"www\""),
+                "test.ron:8:54: unknown field `servce`: expected one of server_names, service",
+            ),
+            (
+                ROUTES.replace(
+                    "timeouts: (client_hello: \"2s\")",
+                    "timeouts: (client_hello: \"0s\")",
+                ),
+                "test.ron:12:39: a zero duration: expected more than zero, such as \"1s\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(&text).expect_err(expected).to_string(), expected);
+        }
+        let empty = "routes: [\n                (server_names: [\"API.example.com\", \"*.api.example.com\"], service: \"api\"),\n                (server_names: [\"www.example.com.\"], service: \"www\"),\n            ]";
+        assert!(ROUTES.contains(empty));
+        let e = parse(&ROUTES.replace(empty, "routes: []")).expect_err("no routes");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:6:22: no routes: `routes` lists at least one (server_names: [\"...\"], service: \"...\"), or is left out"
+        );
+        // The single-service form has no routes.
+        let single = GOOD.replace(
+            "backends:",
+            "routes: [(server_names: [\"a.example\"], service: \"x\")],\n    backends:",
+        );
         assert!(
-            e.to_string()
-                .ends_with("missing field `backends` in a service entry"),
-            "{e}"
+            parse(&single)
+                .expect_err("single")
+                .to_string()
+                .contains("unknown field `routes`"),
+        );
+    }
+
+    #[test]
+    fn the_summary_shows_routes() {
+        let summary = parse(ROUTES).expect("valid").summary();
+        for part in [
+            "service    edge\n  listen     127.0.0.1:8443\n  routes     2\n    api.example.com, *.api.example.com  -> api\n    www.example.com                     -> www\n  algorithm  RoundRobin\n  backends   1\n",
+            "  timeouts   connect 1s, idle 600s, half-close 60s, grace 10s, client hello 2s\n",
+            "service    api\n  listen     none\n  routed     from edge\n  algorithm  LeastConnections\n",
+            "service    www\n  listen     127.0.0.1:8080\n  routed     from edge\n",
+        ] {
+            assert!(summary.contains(part), "{part}\nin\n{summary}");
+        }
+        // Only services with routes show the ClientHello's timeout.
+        assert_eq!(summary.matches("client hello").count(), 1, "{summary}");
+        let bare = ROUTES.replace(
+            "            algorithm: RoundRobin,\n            backends: [(name: \"fallback\", addr: \"127.0.0.1:9000\")],\n",
+            "",
+        );
+        let summary = parse(&bare).expect("valid").summary();
+        assert!(
+            summary.contains("  backends   none: clients no route takes are closed\n"),
+            "{summary}"
         );
     }
 

@@ -37,15 +37,17 @@ pub(super) struct RawConfig {
     pub(super) dns: Option<RawDns>,
 }
 
-/// One entry of `services`: its own listeners and backends, and its own values for any of
-/// the top-level sections.
+/// One entry of `services`: its own listeners, backends and routes, and its own values for
+/// any of the top-level sections. Which of `listen`, `algorithm`, `backends` and `routes`
+/// it needs depends on the others and on the rest of the file (see [`entry_rules`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub(super) name: ServiceName,
-    pub(super) listen: Listen,
-    pub(super) algorithm: Algorithm,
-    pub(super) backends: Backends,
+    pub(super) listen: Option<Listen>,
+    pub(super) algorithm: Option<Algorithm>,
+    pub(super) backends: Option<Backends>,
+    pub(super) routes: Option<Routes>,
     pub(super) accept_proxy: Option<bool>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) limits: Option<RawLimits>,
@@ -92,9 +94,15 @@ impl<'de> Deserialize<'de> for DnsServer {
 }
 
 /// What one parse has seen so far, for the rules that span entries (unique service names,
-/// unique backend names within a service, no address listened on twice). Checked as each
-/// value is read, so that ron reports the offending value's own line and column; serde
-/// derives offer no other way to hand context down. Reset by [`ParseScope`].
+/// unique backend names within a service, unique server names within a service's routes,
+/// no address listened on twice). Checked as each value is read, so that ron reports the
+/// offending value's own line and column; serde derives offer no other way to hand context
+/// down. Reset by [`ParseScope`].
+///
+/// Rules that look ahead (a route's target may be written after the route; a service
+/// without `listen` needs a route to it from anywhere in the file) are checked by a second
+/// parse of the same text that knows what the first one learnt of every entry, so that
+/// they too point at the value at fault.
 #[derive(Default)]
 struct Seen {
     services: Vec<String>,
@@ -103,6 +111,39 @@ struct Seen {
     listen: Vec<(SocketAddr, Option<String>)>,
     /// Backend names of the list being read.
     backends: Option<Vec<String>>,
+    /// Server names of the routes being read (one service's).
+    server_names: Option<Vec<String>>,
+    /// Which entry of `services` is being read (from 0).
+    entry: Option<usize>,
+    /// What the first parse learnt of every entry; `None` during the first parse.
+    known: Option<Vec<Entry>>,
+    /// What this parse has learnt so far, entry by entry.
+    learnt: Vec<Entry>,
+}
+
+/// What the rules that look ahead need to know of one entry of `services`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Entry {
+    name: String,
+    listen: bool,
+    algorithm: bool,
+    backends: bool,
+    /// The services its routes lead to.
+    targets: Vec<String>,
+}
+
+impl Entry {
+    fn of(service: &RawService) -> Entry {
+        Entry {
+            name: service.name.0.clone(),
+            listen: service.listen.is_some(),
+            algorithm: service.algorithm.is_some(),
+            backends: service.backends.is_some(),
+            targets: service.routes.as_ref().map_or_else(Vec::new, |routes| {
+                routes.0.iter().map(|r| r.service.0.clone()).collect()
+            }),
+        }
+    }
 }
 
 thread_local! {
@@ -117,9 +158,20 @@ fn seen<T>(f: impl FnOnce(&mut Seen) -> T) -> T {
 pub(super) struct ParseScope(());
 
 impl ParseScope {
-    pub(super) fn begin() -> ParseScope {
-        seen(|s| *s = Seen::default());
+    /// A first parse (`known` is `None`), or a second one that knows every entry.
+    pub(super) fn begin(known: Option<Vec<Entry>>) -> ParseScope {
+        seen(|s| {
+            *s = Seen {
+                known,
+                ..Seen::default()
+            }
+        });
         ParseScope(())
+    }
+
+    /// What this parse learnt of the entries of `services`, in order.
+    pub(super) fn learnt(&self) -> Vec<Entry> {
+        seen(|s| s.learnt.clone())
     }
 }
 
@@ -167,11 +219,38 @@ impl<'de> Deserialize<'de> for ServiceName {
                 }
                 s.services.push(name.clone());
                 s.service = Some(name.clone());
-                Ok(())
+                entry_rules(s, name)
             })
         })
         .map(ServiceName)
     }
+}
+
+/// The rules about a whole entry of `services`, checked in the second parse at its name:
+/// backends or routes or both; an algorithm with backends; `listen`, or a route to it.
+fn entry_rules(s: &Seen, name: &str) -> Result<(), String> {
+    let (Some(known), Some(index)) = (&s.known, s.entry) else {
+        return Ok(());
+    };
+    let Some(entry) = known.get(index) else {
+        return Ok(());
+    };
+    if !entry.backends && entry.targets.is_empty() {
+        return Err(format!(
+            "service {name:?} has neither backends nor routes: give it `backends`, `routes` or both"
+        ));
+    }
+    if entry.backends && !entry.algorithm {
+        return Err(format!(
+            "service {name:?} has backends but no `algorithm`: add one, such as `algorithm: RoundRobin`"
+        ));
+    }
+    if !entry.listen && !known.iter().any(|e| e.targets.iter().any(|t| t == name)) {
+        return Err(format!(
+            "service {name:?} has no `listen` and no route leads to it: give it `listen`, or name it in another service's `routes`"
+        ));
+    }
+    Ok(())
 }
 
 /// The list of services: at least one.
@@ -191,12 +270,17 @@ impl<'de> Deserialize<'de> for Services {
             ) -> Result<Services, A::Error> {
                 let mut services = Vec::new();
                 loop {
-                    seen(|s| s.service = None);
+                    seen(|s| {
+                        s.service = None;
+                        s.entry = Some(services.len());
+                    });
                     let Some(service) = seq.next_element::<RawService>()? else {
                         break;
                     };
+                    seen(|s| s.learnt.push(Entry::of(&service)));
                     services.push(service);
                 }
+                seen(|s| s.entry = None);
                 if services.is_empty() {
                     return Err(serde::de::Error::custom(
                         "no services: `services` must list at least one (name: \"...\", listen: \"IP:port\", algorithm: ..., backends: [...])",
@@ -347,6 +431,128 @@ fn is_host_name(host: &str) -> bool {
         && host.len() <= 253
         && host.split('.').all(label_ok)
         && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// A service's `routes`: at least one.
+pub(super) struct Routes(pub(super) Vec<RawRoute>);
+
+impl<'de> Deserialize<'de> for Routes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Routes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of routes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Routes, A::Error> {
+                let mut routes = Vec::new();
+                seen(|s| s.server_names = Some(Vec::new()));
+                while let Some(route) = seq.next_element::<RawRoute>()? {
+                    routes.push(route);
+                }
+                seen(|s| s.server_names = None);
+                if routes.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "no routes: `routes` lists at least one (server_names: [\"...\"], service: \"...\"), or is left out",
+                    ));
+                }
+                Ok(Routes(routes))
+            }
+        }
+        d.deserialize_seq(Entries)
+    }
+}
+
+/// One route: the server names it takes and the service they lead to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) server_names: ServerNames,
+    pub(super) service: RouteTarget,
+}
+
+/// A route's server names: at least one.
+pub(super) struct ServerNames(pub(super) Vec<String>);
+
+impl<'de> Deserialize<'de> for ServerNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names: Vec<ServerName> = held_to(d, |names: &Vec<ServerName>| {
+            if names.is_empty() {
+                Err(
+                    "no server names: a route lists at least one, such as [\"api.example.com\"]"
+                        .into(),
+                )
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(ServerNames(names.into_iter().map(|n| n.0).collect()))
+    }
+}
+
+/// A server name a route takes: a DNS name (`"api.example.com"`) or a wildcard
+/// (`"*.example.com"`, every name that ends in `.example.com`), lower-cased, without a
+/// trailing dot, unique within its service's routes.
+pub(super) struct ServerName(pub(super) String);
+
+impl<'de> Deserialize<'de> for ServerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let trimmed = text.trim();
+        let host = trimmed.strip_prefix("*.").unwrap_or(trimmed);
+        if !is_host_name(host) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid server name {text:?}: expected a DNS name such as \"api.example.com\", or \"*.example.com\" for every name under example.com"
+            )));
+        }
+        let name = trimmed.trim_end_matches('.').to_ascii_lowercase();
+        seen(|s| match &mut s.server_names {
+            Some(names) if names.contains(&name) => Err(format!(
+                "duplicate server name {name:?}: a name routes to one service"
+            )),
+            Some(names) => {
+                names.push(name.clone());
+                Ok(())
+            }
+            None => Ok(()),
+        })
+        .map_err(serde::de::Error::custom)?;
+        Ok(ServerName(name))
+    }
+}
+
+/// The service a route leads to: another service of the file, without routes of its own.
+/// Checked in the second parse, which knows every entry.
+pub(super) struct RouteTarget(pub(super) String);
+
+impl<'de> Deserialize<'de> for RouteTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |target: &String| {
+            seen(|s| {
+                let (Some(known), Some(index)) = (&s.known, s.entry) else {
+                    return Ok(());
+                };
+                if known.get(index).is_some_and(|me| me.name == *target) {
+                    return Err(format!(
+                        "service {target:?} routes to itself: a route leads to another service"
+                    ));
+                }
+                match known.iter().find(|e| e.name == *target) {
+                    None => Err(format!(
+                        "route to unknown service {target:?}: expected the name of a service of this file"
+                    )),
+                    Some(e) if !e.targets.is_empty() => Err(format!(
+                        "route to service {target:?}, which has routes of its own: a route leads to a service without routes"
+                    )),
+                    Some(_) => Ok(()),
+                }
+            })
+        })
+        .map(RouteTarget)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -643,6 +849,7 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Option<Positive>,
     pub(super) half_close: Option<Positive>,
     pub(super) grace: Option<HumanDuration>,
+    pub(super) client_hello: Option<Positive>,
 }
 
 /// A socket address, with an error message that shows the expected form.

@@ -3,7 +3,8 @@
 //!
 //! Each accepted connection gets a backend from its service's selector (failing over past
 //! backends that refuse or time out, queueing briefly when every backend is at its
-//! connection limit), then the relay. A new configuration is swapped in for new
+//! connection limit), then the relay. A service with routes first peeks at the client's TLS
+//! ClientHello and takes the backend from the service its server name routes to. A new configuration is swapped in for new
 //! connections while established ones continue: services it adds start listening, services
 //! it removes stop accepting at once and their connections get the service's grace period,
 //! services it keeps are reloaded in place. On shutdown every listener closes at once and
@@ -12,6 +13,7 @@
 //! - `workers`: the worker threads and the listening addresses they accept on.
 //! - `accept`: one worker's accept loop for one address.
 //! - `connect`: pick, connect, failover and the queue.
+//! - `hello`: a client's TLS ClientHello, peeked, and where its server name routes it.
 //! - `session`: one connection from accept to close, and its access line.
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +37,7 @@ use crate::relay;
 
 mod accept;
 mod connect;
+mod hello;
 mod names;
 mod session;
 mod workers;
@@ -609,13 +612,31 @@ fn log_service(what: &str, local: &[SocketAddr], service: &Service) {
     let snapshot = service.snapshot();
     let config: &ServiceConfig = &snapshot.config;
     let addrs: Vec<String> = local.iter().map(|a| a.to_string()).collect();
-    info!(
-        "{what} {}, service {}, algorithm {}, {}",
-        addrs.join(", "),
-        service.name,
-        config.algorithm,
-        counted(snapshot.backends.len(), "backend")
-    );
+    if addrs.is_empty() {
+        // A service without `listen`: its clients come through other services' routes.
+        info!(
+            "service {}: reached through routes only, algorithm {}, {}",
+            service.name,
+            config.algorithm,
+            counted(snapshot.backends.len(), "backend")
+        );
+    } else {
+        info!(
+            "{what} {}, service {}, algorithm {}, {}",
+            addrs.join(", "),
+            service.name,
+            config.algorithm,
+            counted(snapshot.backends.len(), "backend")
+        );
+    }
+    for route in &config.routes {
+        info!(
+            "service {}: server names {} routed to service {}",
+            service.name,
+            route.server_names.join(", "),
+            route.service
+        );
+    }
     for b in &snapshot.backends {
         info!(
             "service {}: backend {} at {} weight {}",

@@ -1,6 +1,7 @@
 //! One client connection from accept to close: a backend, the relay, and its access line.
 
 use super::connect::connect_backend;
+use super::hello::{self, Routed};
 use crate::backend::ConnectionGuard;
 use crate::balancer::{Count, Service, Snapshot};
 use crate::config::AccessLog;
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Serves one client of `service`: a backend, then the relay until both sides are done or
-/// the service's cut-off (the end of a shutdown's or a removal's grace period) closes it.
+/// Serves one client of `service`: a backend (of the service its TLS server name routes to,
+/// for a service with routes), then the relay until both sides are done or the service's
+/// cut-off (the end of a shutdown's or a removal's grace period) closes it.
 pub(super) async fn serve_connection(
     client: TcpStream,
     mut peer: SocketAddr,
@@ -40,8 +42,10 @@ pub(super) async fn serve_connection(
         }
     });
     // One address for the client across the relay (the header's, where one was read): each
-    // value kept across an await sizes every connection's task.
-    let (guard, upstream) = match connecting.await {
+    // value kept across an await sizes every connection's task. So is how a client of a
+    // service with routes was routed boxed: one pointer in every task, and only clients of
+    // services with routes pay for more.
+    let (guard, upstream, routed) = match connecting.await {
         None => {
             access(
                 access_log,
@@ -53,36 +57,42 @@ pub(super) async fn serve_connection(
             );
             return;
         }
-        Some((from, Err(why))) => {
+        Some((from, routed, Err(why))) => {
             warn!("{from}: {why}; closing the client");
             access(
                 access_log,
                 format_args!(
-                    "{from} -> -: 0 bytes up, 0 bytes down, {} ms, {why}",
+                    "{from} -> -{}: 0 bytes up, 0 bytes down, {} ms, {why}",
+                    Label(routed.as_deref()),
                     started.elapsed().as_millis()
                 ),
             );
             return;
         }
-        Some((from, Ok(None))) => {
+        Some((from, routed, Ok(None))) => {
             service.count(Count::NoBackend);
             access(
                 access_log,
                 format_args!(
-                    "{from} -> -: 0 bytes up, 0 bytes down, {} ms, no backend",
+                    "{from} -> -{}: 0 bytes up, 0 bytes down, {} ms, no backend",
+                    Label(routed.as_deref()),
                     started.elapsed().as_millis()
                 ),
             );
             return;
         }
-        Some((from, Ok(Some(connected)))) => {
+        Some((from, routed, Ok(Some((guard, upstream))))) => {
             peer = from;
-            connected
+            (guard, upstream, routed)
         }
     };
     let backend = Arc::clone(guard.backend());
     backend.stats().total.fetch_add(1, Ordering::Relaxed);
-    let limits = snapshot.relay_limits;
+    // A routed client is relayed as its target's clients are.
+    let limits = match routed.as_deref().and_then(Routed::target) {
+        Some(target) => target.snapshot().relay_limits,
+        None => snapshot.relay_limits,
+    };
     drop(snapshot);
     let stats = backend.stats();
     let totals = relay::Totals {
@@ -97,14 +107,29 @@ pub(super) async fn serve_connection(
     access(
         access_log,
         format_args!(
-            "{peer} -> {} ({}): {} bytes up, {} bytes down, {} ms, {end}",
+            "{peer} -> {} ({}){}: {} bytes up, {} bytes down, {} ms, {end}",
             backend.name,
             backend.addr,
+            Label(routed.as_deref()),
             moved.client_to_backend,
             moved.backend_to_client,
             lasted.as_millis()
         ),
     );
+}
+
+/// How a client of a service with routes was routed, on its access line: ` [sni NAME via
+/// service TARGET]`, ` [sni NAME, no route]`, ` [no sni]` or ` [not TLS]`; nothing for a
+/// service without routes.
+struct Label<'a>(Option<&'a Routed>);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(routed) => write!(f, " [{routed}]"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One access-log line per finished connection, like HAProxy's `tcplog`, under the log
@@ -122,15 +147,17 @@ fn access(level: AccessLog, line: std::fmt::Arguments<'_>) {
 /// it wants one), none available (`Ok(None)`), or the client turned away for what it sent.
 type SetUp = Result<Option<(ConnectionGuard, TcpStream)>, String>;
 
-/// Reads the client's PROXY header when the configuration expects one, then connects a
-/// backend and sends it a PROXY header when it asks for one. Returns the client's address
-/// (the header's, where one was read) with the outcome.
+/// Reads the client's PROXY header when the configuration expects one, and its TLS
+/// ClientHello when the service has routes; then connects a backend (of the service the
+/// ClientHello's server name routes to, or of the service itself) and sends it a PROXY
+/// header when it asks for one. Returns the client's address (the header's, where one was
+/// read) and how it was routed, with the outcome.
 async fn set_up(
     client: &TcpStream,
     peer: SocketAddr,
     snapshot: &Snapshot,
     service: &Service,
-) -> (SocketAddr, SetUp) {
+) -> (SocketAddr, Option<Box<Routed>>, SetUp) {
     let mut source = peer;
     let mut destination = None;
     if snapshot.config.accept_proxy {
@@ -145,12 +172,39 @@ async fn set_up(
             Ok(Header::Local) => {}
             Err(why) => {
                 service.count(Count::BadProxyHeader);
-                return (peer, Err(why));
+                return (peer, None, Err(why));
             }
         }
     }
+    let mut routed = None;
+    // The configuration first: a service without routes reads no more than that.
+    if !snapshot.config.routes.is_empty()
+        && let Some(routes) = service.routes.load_full()
+    {
+        let (how, verdict) = hello::route(
+            client,
+            source,
+            &routes,
+            service,
+            !snapshot.config.backends.is_empty(),
+            snapshot.config.timeouts.client_hello,
+        )
+        .await;
+        routed = how.map(Box::new);
+        if let Err(why) = verdict {
+            return (source, routed, Err(why));
+        }
+    }
+    let target = routed
+        .as_deref()
+        .and_then(Routed::target)
+        .map(|target| (Arc::clone(target), target.snapshot()));
+    let (snapshot, service) = match &target {
+        Some((target, snapshot)) => (&**snapshot, &**target),
+        None => (snapshot, service),
+    };
     let Some((guard, mut upstream)) = connect_backend(source, snapshot, service).await else {
-        return (source, Ok(None));
+        return (source, routed, Ok(None));
     };
     if let Some(version) = guard.backend().config.send_proxy {
         let destination = match destination {
@@ -160,6 +214,7 @@ async fn set_up(
                 Err(e) => {
                     return (
                         source,
+                        routed,
                         Err(format!("cannot read the listening address: {e}")),
                     );
                 }
@@ -170,6 +225,7 @@ async fn set_up(
             let backend = guard.backend();
             return (
                 source,
+                routed,
                 Err(format!(
                     "cannot send the PROXY header to backend {} ({}): {e}",
                     backend.name, backend.addr
@@ -177,7 +233,7 @@ async fn set_up(
             );
         }
     }
-    (source, Ok(Some((guard, upstream))))
+    (source, routed, Ok(Some((guard, upstream))))
 }
 
 /// Reads one PROXY protocol header (v1 or v2) from `client` within `limit`, taking exactly
