@@ -160,7 +160,7 @@ async fn grace_period_bounds_the_drain() {
     // The cut connection still gets its access-log line, with what it moved.
     let client = open.local_addr().expect("client address");
     let line = b.log.wait_for(1, |l| l.contains("ballast::access"));
-    let moved = format!("] {client} -> echo ({echo}): 1 bytes up, 1 bytes down, ");
+    let moved = format!("] default: {client} -> echo ({echo}): 1 bytes up, 1 bytes down, ");
     assert!(line.contains(&moved), "{line}");
     assert!(
         line.ends_with(" ms, closed at end of grace period"),
@@ -319,7 +319,7 @@ async fn a_client_still_queued_when_the_grace_period_ends_is_closed_and_logged()
     assert_eq!(b.proc.wait_exit().code(), Some(0));
     let client = queued.local_addr().expect("client address");
     let line = b.log.wait_for(1, |l| {
-        l.contains(&format!("] {client} -> -: 0 bytes up, 0 bytes down, "))
+        l.contains(&format!("] default: {client} -> -: 0 bytes up, 0 bytes down, "))
     });
     assert!(
         line.ends_with(" ms, closed at end of grace period"),

@@ -151,12 +151,12 @@ async fn one_service_listens_on_ipv4_and_ipv6_loopback() {
         close_cleanly(s).await;
         // The access line names the client as it connected: an IPv6 address over IPv6.
         let line = bal.log.wait_for(1, |l| {
-            message(l).starts_with(&format!("{me} -> echo ({backend}): "))
+            message(l).starts_with(&format!("dual: {me} -> echo ({backend}): "))
         });
         let n = msg.len();
         assert!(
             message(&line).starts_with(&format!(
-                "{me} -> echo ({backend}): {n} bytes up, {n} bytes down, "
+                "dual: {me} -> echo ({backend}): {n} bytes up, {n} bytes down, "
             )) && line.ends_with(" ms, client closed"),
             "{line}"
         );
@@ -255,11 +255,11 @@ async fn a_reload_adds_and_removes_services_while_connections_stay_open() {
     close_cleanly(on_gone).await;
     let n = "gone before".len() + "gone after".len();
     let line = bal.log.wait_for(1, |l| {
-        message(l).starts_with(&format!("{gone_me} -> gone-echo ({gone_echo}): "))
+        message(l).starts_with(&format!("gone: {gone_me} -> gone-echo ({gone_echo}): "))
     });
     assert!(
         message(&line).starts_with(&format!(
-            "{gone_me} -> gone-echo ({gone_echo}): {n} bytes up, {n} bytes down, "
+            "gone: {gone_me} -> gone-echo ({gone_echo}): {n} bytes up, {n} bytes down, "
         )) && line.ends_with(" ms, client closed"),
         "{line}"
     );
@@ -267,11 +267,11 @@ async fn a_reload_adds_and_removes_services_while_connections_stay_open() {
     close_cleanly(on_keep).await;
     let n = "keep before".len() + "keep after".len();
     let line = bal.log.wait_for(1, |l| {
-        message(l).starts_with(&format!("{keep_me} -> keep-echo ({keep_echo}): "))
+        message(l).starts_with(&format!("keep: {keep_me} -> keep-echo ({keep_echo}): "))
     });
     assert!(
         message(&line).starts_with(&format!(
-            "{keep_me} -> keep-echo ({keep_echo}): {n} bytes up, {n} bytes down, "
+            "keep: {keep_me} -> keep-echo ({keep_echo}): {n} bytes up, {n} bytes down, "
         )) && line.ends_with(" ms, client closed"),
         "{line}"
     );
@@ -332,7 +332,7 @@ async fn accept_proxy_applies_to_its_service_only() {
     close_cleanly(s).await;
     bal.log.wait_for(1, |l| {
         message(l).starts_with(&format!(
-            "192.0.2.8:5000 -> pecho ({proxied_echo}): 7 bytes up, 7 bytes down, "
+            "proxied: 192.0.2.8:5000 -> pecho ({proxied_echo}): 7 bytes up, 7 bytes down, "
         ))
     });
     let mut s = connect(plain).await;
@@ -342,7 +342,7 @@ async fn accept_proxy_applies_to_its_service_only() {
     let n = sent.len();
     bal.log.wait_for(1, |l| {
         message(l).starts_with(&format!(
-            "{me} -> echo ({plain_echo}): {n} bytes up, {n} bytes down, "
+            "plain: {me} -> echo ({plain_echo}): {n} bytes up, {n} bytes down, "
         ))
     });
 

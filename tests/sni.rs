@@ -301,7 +301,7 @@ async fn a_hello_in_pieces_and_after_a_proxy_header_still_routes() {
     .expect("handshake");
     assert_eq!(got, "www-1 shop.example.com");
     let line = format!(
-        "] 192.0.2.7:4242 -> www-1 ({}) [sni shop.example.com via service www]: ",
+        "] edge: 192.0.2.7:4242 -> www-1 ({}) [sni shop.example.com via service www]: ",
         backends.www
     );
     proxied.log.wait_for(1, |l| l.contains(&line));
@@ -355,7 +355,7 @@ async fn without_own_backends_unrouted_clients_are_closed_with_one_warning() {
         .await
         .expect("write");
     assert!(closed_without_a_byte(&mut plain).await);
-    let access = format!("] {me} -> - [not TLS]: 0 bytes up, 0 bytes down, ");
+    let access = format!("] edge: {me} -> - [not TLS]: 0 bytes up, 0 bytes down, ");
     b.log.wait_for(1, |l| l.contains(&access));
     assert_eq!(
         warnings_about(&b, me)
@@ -388,7 +388,8 @@ async fn without_own_backends_unrouted_clients_are_closed_with_one_warning() {
         let access = format!(" -> - {label}: 0 bytes up, 0 bytes down, ");
         let line = b.log.wait_for(1, |l| l.contains(&access));
         let client: SocketAddr = message(&line)
-            .split_once(" -> ")
+            .strip_prefix("edge: ")
+            .and_then(|rest| rest.split_once(" -> "))
             .and_then(|(client, _)| client.parse().ok())
             .expect("client address");
         assert_eq!(
@@ -442,7 +443,7 @@ async fn a_slow_client_hello_is_closed_alone() {
         let me = client.local_addr().expect("addr");
         let warning = format!("] {me}: {why}; closing the client");
         b.log.wait_for(1, |l| l.contains(&warning));
-        let access = format!("] {me} -> -: 0 bytes up, 0 bytes down, ");
+        let access = format!("] edge: {me} -> -: 0 bytes up, 0 bytes down, ");
         b.log
             .wait_for(1, |l| l.contains(&access) && l.ends_with(why));
     }

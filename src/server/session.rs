@@ -49,6 +49,7 @@ pub(super) async fn serve_connection(
         None => {
             access(
                 access_log,
+                &service.name,
                 format_args!(
                     "{peer} -> -: 0 bytes up, 0 bytes down, {} ms, {}",
                     started.elapsed().as_millis(),
@@ -61,6 +62,7 @@ pub(super) async fn serve_connection(
             warn!("{from}: {why}; closing the client");
             access(
                 access_log,
+                &service.name,
                 format_args!(
                     "{from} -> -{}: 0 bytes up, 0 bytes down, {} ms, {why}",
                     Label(routed.as_deref()),
@@ -73,6 +75,7 @@ pub(super) async fn serve_connection(
             service.count(Count::NoBackend);
             access(
                 access_log,
+                &service.name,
                 format_args!(
                     "{from} -> -{}: 0 bytes up, 0 bytes down, {} ms, no backend",
                     Label(routed.as_deref()),
@@ -106,6 +109,7 @@ pub(super) async fn serve_connection(
     drop(guard);
     access(
         access_log,
+        &service.name,
         format_args!(
             "{peer} -> {} ({}){}: {} bytes up, {} bytes down, {} ms, {end}",
             backend.name,
@@ -132,15 +136,16 @@ impl std::fmt::Display for Label<'_> {
     }
 }
 
-/// One access-log line per finished connection, like HAProxy's `tcplog`, under the log
-/// target `ballast::access` so it can be filtered on its own.
-fn access(level: AccessLog, line: std::fmt::Arguments<'_>) {
+/// One access-log line per finished connection, like HAProxy's `tcplog`, headed by the
+/// service the client connected to, under the log target `ballast::access` so it can be
+/// filtered on its own.
+fn access(level: AccessLog, service: &str, line: std::fmt::Arguments<'_>) {
     let level = match level {
         AccessLog::Off => return,
         AccessLog::Debug => log::Level::Debug,
         AccessLog::Info => log::Level::Info,
     };
-    log::log!(target: "ballast::access", level, "{line}");
+    log::log!(target: "ballast::access", level, "{service}: {line}");
 }
 
 /// What came of setting up a connection: a backend connected (with its PROXY header sent if
