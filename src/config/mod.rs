@@ -766,7 +766,7 @@ mod tests {
         let e = parse(&GOOD.replace("weight: 5", "wieght: 5")).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections, send_proxy"
+            "test.ron:6:47: unknown field `wieght`: expected one of name, addr, weight, check, load_addr, load_path, max_connections, send_proxy, backup"
         );
     }
 
