@@ -141,7 +141,7 @@ async fn one_service_listens_on_ipv4_and_ipv6_loopback() {
     assert_eq!(v6.ip(), std::net::Ipv6Addr::LOCALHOST);
     wait_message(
         &bal,
-        &format!("listening on {v4}, {v6}, service dual, algorithm RoundRobin, 1 backends"),
+        &format!("listening on {v4}, {v6}, service dual, algorithm RoundRobin, 1 backend"),
     );
     for (addr, msg) in [(v4, &b"over IPv4"[..]), (v6, &b"over IPv6"[..])] {
         let mut s = connect(addr).await;
@@ -519,7 +519,7 @@ async fn a_rejected_reload_leaves_the_admin_listener_where_it_was() {
     let verdict = bal.reload(&with("127.0.0.2:0", ""));
     assert_eq!(
         message(&verdict),
-        format!("reloaded: listening on {keep_addr}; 1 services (no service changed)")
+        format!("reloaded: listening on {keep_addr}; 1 service (no service changed)")
     );
     let moved = bal
         .log

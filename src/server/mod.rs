@@ -352,9 +352,9 @@ impl Supervisor {
         for service in &self.balancer.services().list {
             if let Some(snapshot) = service.resolve(resolved) {
                 info!(
-                    "service {}: {} backends after a DNS change",
+                    "service {}: {} after a DNS change",
                     service.name,
-                    snapshot.backends.len()
+                    count(snapshot.backends.len(), "backend")
                 );
                 self.start_monitors(service);
             }
@@ -471,9 +471,9 @@ impl Supervisor {
             report.join(", ")
         };
         info!(
-            "reloaded: listening on {}; {} services ({changes})",
+            "reloaded: listening on {}; {} ({changes})",
             addrs.join(", "),
-            after.list.len()
+            count(after.list.len(), "service")
         );
         Ok(())
     }
@@ -585,16 +585,25 @@ fn serve_admin(
     stop
 }
 
+/// `n` `thing`s, in English: `1 backend`, `0 backends`, `2 backends`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 fn log_service(what: &str, local: &[SocketAddr], service: &Service) {
     let snapshot = service.snapshot();
     let config: &ServiceConfig = &snapshot.config;
     let addrs: Vec<String> = local.iter().map(|a| a.to_string()).collect();
     info!(
-        "{what} {}, service {}, algorithm {}, {} backends",
+        "{what} {}, service {}, algorithm {}, {}",
         addrs.join(", "),
         service.name,
         config.algorithm,
-        snapshot.backends.len()
+        count(snapshot.backends.len(), "backend")
     );
     for b in &snapshot.backends {
         info!(
