@@ -2,8 +2,11 @@
 //! addresses, and re-resolved every interval by a background watcher.
 //!
 //! A lookup asks for both the IPv4 (`A`, RFC 1035 section 3.4.1) and the IPv6 (`AAAA`,
-//! RFC 3596) addresses of a name, through [`hickory-resolver`](hickory_resolver), a
-//! well-kept asynchronous resolver, rather than a DNS client of our own.
+//! RFC 3596) addresses of a name, the two queries at once, through
+//! [`hickory-resolver`](hickory_resolver), a well-kept asynchronous resolver, rather than a
+//! DNS client of our own. Either query failing fails the lookup. With the system's
+//! configuration, a name in the hosts file is answered from the file alone, as glibc's
+//! `hosts: files dns` would.
 //!
 //! The watcher keeps the I/O apart from the logic: [`Names`] is the state of every name
 //! (its last good addresses, whether it is failing) and turns one round of lookup results
@@ -14,15 +17,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::NetError;
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as ResponseError, NetError};
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name as DnsName, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
 use log::{debug, info, warn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +54,7 @@ pub(crate) enum DnsError {
         /// What was wrong, from the resolver.
         message: String,
     },
-    /// The name does not exist (`NXDOMAIN`, RFC 1035 section 4.1.1).
+    /// The name does not exist (`NXDOMAIN`, RFC 1035 section 4.1.1, to both queries).
     NotFound {
         /// The name looked up.
         host: String,
@@ -59,12 +64,13 @@ pub(crate) enum DnsError {
         /// The name looked up.
         host: String,
     },
-    /// Any other failure: no answer in time, a server failure (`SERVFAIL`), a refusal, a
-    /// malformed name.
+    /// Any other failure, of either query (the other may have answered): no answer in
+    /// time, a server failure (`SERVFAIL`), a refusal, a malformed name.
     Lookup {
         /// The name looked up.
         host: String,
-        /// What went wrong, from the resolver.
+        /// What went wrong, from the resolver; prefixed with `A query: ` or `AAAA query: `
+        /// when one query failed alone, or the two failed differently.
         message: String,
     },
 }
@@ -86,18 +92,26 @@ impl fmt::Display for DnsError {
 
 impl std::error::Error for DnsError {}
 
-/// An asynchronous stub resolver: asks recursive DNS servers for the addresses of names.
+/// The system's hosts file, read at each lookup when `dns.servers` is left out.
+const SYSTEM_HOSTS: &str = "/etc/hosts";
+
+/// An asynchronous stub resolver: asks recursive DNS servers for the addresses of names,
+/// after a hosts file when it has one.
 pub(crate) struct Resolver {
     inner: TokioResolver,
+    /// The hosts file consulted before DNS, read afresh at each lookup; `None` when the
+    /// queries go to `dns.servers` only.
+    hosts_file: Option<PathBuf>,
 }
 
 impl Resolver {
     /// A resolver for a watcher that re-resolves every `interval`.
     ///
-    /// With no `servers`, the system's configuration: the servers, search domains and
-    /// options of `/etc/resolv.conf`, and `/etc/hosts` consulted first. Otherwise queries go
-    /// to `servers` only (UDP, and TCP for an answer too long for UDP), without search
-    /// domains or hosts file.
+    /// With no `servers`, the system's configuration, as the system's own resolver (glibc's
+    /// `hosts: files dns`) would use it: a name that `/etc/hosts` lists is answered from the
+    /// file alone, and any other name by the servers, search domains and options of
+    /// `/etc/resolv.conf`. Otherwise queries go to `servers` only (UDP, and TCP for an
+    /// answer too long for UDP), without search domains or hosts file.
     ///
     /// Answers are cached for at most half of `interval` (whatever their TTL), so each
     /// round of the watcher asks the servers again and a change there is seen within one
@@ -109,6 +123,17 @@ impl Resolver {
     ///
     /// [`DnsError::Config`] when the system's configuration cannot be read.
     pub(crate) fn new(servers: &[SocketAddr], interval: Duration) -> Result<Resolver, DnsError> {
+        let hosts_file = servers.is_empty().then(|| PathBuf::from(SYSTEM_HOSTS));
+        Resolver::with_hosts_file(servers, interval, hosts_file)
+    }
+
+    /// As [`Resolver::new`], with `hosts_file` (if any) consulted before DNS instead of
+    /// the system's: the tests give one of their own beside their loopback server.
+    fn with_hosts_file(
+        servers: &[SocketAddr],
+        interval: Duration,
+        hosts_file: Option<PathBuf>,
+    ) -> Result<Resolver, DnsError> {
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| DnsError::Config {
                 message: format!("the system's configuration (/etc/resolv.conf): {e}"),
@@ -120,49 +145,71 @@ impl Resolver {
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         };
         let options: &mut ResolverOpts = builder.options_mut();
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         options.timeout = (interval / 2).clamp(MIN_TIMEOUT, MAX_TIMEOUT);
         options.attempts = RETRIES;
         options.positive_max_ttl = Some(interval / 2);
         options.negative_max_ttl = Some(interval / 2);
-        options.use_hosts_file = if servers.is_empty() {
-            ResolveHosts::Always
-        } else {
-            ResolveHosts::Never
-        };
+        // Hickory reads the hosts file once, when built, and answers from it family by
+        // family (adding DNS's AAAA answers to a name the file gives an IPv4 address):
+        // `lookup` reads it instead.
+        options.use_hosts_file = ResolveHosts::Never;
         let inner = builder.build().map_err(|e| DnsError::Config {
             message: e.to_string(),
         })?;
-        Ok(Resolver { inner })
+        Ok(Resolver { inner, hosts_file })
     }
 
-    /// The `A` and `AAAA` addresses of `host`, sorted (IPv4 first) and without duplicates;
-    /// never empty. An IP address given as `host` is its own answer, without a query.
+    /// The addresses of `host`, sorted (IPv4 first) and without duplicates; never empty.
+    /// An IP address given as `host` is its own answer, without a query.
     ///
-    /// When one of the two queries fails and the other answers, the answer is the other's
-    /// addresses alone (hickory's rule), so a name whose `AAAA` query times out resolves to
-    /// its IPv4 addresses.
+    /// A name the hosts file lists (system configuration only) takes the file's addresses,
+    /// of both families as the file gives them, and no query is sent. Any other name is
+    /// asked for its `A` and its `AAAA` records at the same time, and the two answers must
+    /// both arrive: one that fails (no answer in time, `SERVFAIL`) fails the lookup, even
+    /// though the other family answered, so that the watcher keeps the name's last good
+    /// addresses rather than dropping a family silently. A family without records (an
+    /// empty `NOERROR` answer) is no failure.
     ///
     /// # Errors
     ///
-    /// [`DnsError::NotFound`] for a name that does not exist, [`DnsError::NoAddresses`] for
-    /// a name without addresses, [`DnsError::Lookup`] for every other failure (no answer in
-    /// time, `SERVFAIL`, a malformed name).
+    /// [`DnsError::NotFound`] when both queries say the name does not exist,
+    /// [`DnsError::NoAddresses`] for a name without any address, [`DnsError::Lookup`] when
+    /// either query fails (no answer in time, `SERVFAIL`, a malformed name).
     pub(crate) async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let answer = self
-            .inner
-            .lookup_ip(host)
-            .await
-            .map_err(|e| lookup_error(host, &e))?;
-        let mut addrs: Vec<IpAddr> = answer.iter().collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        if addrs.is_empty() {
-            return Err(DnsError::NoAddresses {
-                host: host.to_owned(),
-            });
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
         }
-        Ok(addrs)
+        if let Some(path) = &self.hosts_file
+            && let Some(addrs) = hosts_file_entry(path, host).await
+        {
+            return sorted(host, addrs);
+        }
+        let (v4, v6) = tokio::join!(
+            self.query(host, RecordType::A),
+            self.query(host, RecordType::AAAA)
+        );
+        combine(host, v4, v6)
+    }
+
+    /// The answer to one query for `host`'s records of `record_type` (`A` or `AAAA`).
+    async fn query(&self, host: &str, record_type: RecordType) -> Answer {
+        match self.inner.lookup(host, record_type).await {
+            Ok(lookup) => Answer::Addrs(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter(|record| record.record_type() == record_type)
+                    .filter_map(|record| record.data.ip_addr())
+                    .collect(),
+            ),
+            Err(e) if e.is_nx_domain() => Answer::NoSuchName,
+            Err(e) if e.is_no_records_found() => Answer::Addrs(Vec::new()),
+            Err(NetError::Timeout) => Answer::Failed("no answer in time".to_owned()),
+            Err(NetError::Dns(ResponseError::ResponseCode(code))) => {
+                Answer::Failed(format!("the server answered {code}"))
+            }
+            Err(e) => Answer::Failed(e.to_string()),
+        }
     }
 }
 
@@ -175,23 +222,92 @@ fn name_server(addr: SocketAddr) -> NameServerConfig {
     server
 }
 
-fn lookup_error(host: &str, e: &NetError) -> DnsError {
-    let host = host.to_owned();
-    if e.is_nx_domain() {
-        DnsError::NotFound { host }
-    } else if e.is_no_records_found() {
-        DnsError::NoAddresses { host }
-    } else if matches!(e, NetError::Timeout) {
-        DnsError::Lookup {
-            host,
-            message: "no answer in time".to_owned(),
+/// The answer to one query: the addresses of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    /// The family's addresses; none when the name has no record of its type (`NOERROR`
+    /// with an empty answer, "NODATA").
+    Addrs(Vec<IpAddr>),
+    /// The name does not exist (`NXDOMAIN`).
+    NoSuchName,
+    /// No usable answer: none in time, `SERVFAIL`, a refusal, a malformed name.
+    Failed(String),
+}
+
+/// The lookup of `host` from the answers to its `A` and its `AAAA` query: a failed query
+/// fails it, two `NXDOMAIN` make [`DnsError::NotFound`], and otherwise the addresses of both
+/// families, which must not be none.
+fn combine(host: &str, a: Answer, aaaa: Answer) -> Result<Vec<IpAddr>, DnsError> {
+    let failed = |message: String| {
+        Err(DnsError::Lookup {
+            host: host.to_owned(),
+            message,
+        })
+    };
+    match (a, aaaa) {
+        (Answer::Failed(a), Answer::Failed(aaaa)) if a == aaaa => failed(a),
+        (Answer::Failed(a), Answer::Failed(aaaa)) => {
+            failed(format!("A query: {a}; AAAA query: {aaaa}"))
         }
-    } else {
-        DnsError::Lookup {
-            host,
-            message: e.to_string(),
+        (Answer::Failed(a), _) => failed(format!("A query: {a}")),
+        (_, Answer::Failed(aaaa)) => failed(format!("AAAA query: {aaaa}")),
+        (Answer::NoSuchName, Answer::NoSuchName) => Err(DnsError::NotFound {
+            host: host.to_owned(),
+        }),
+        (a, aaaa) => {
+            let addrs = [a, aaaa]
+                .into_iter()
+                .flat_map(|answer| match answer {
+                    Answer::Addrs(addrs) => addrs,
+                    Answer::NoSuchName | Answer::Failed(_) => Vec::new(),
+                })
+                .collect();
+            sorted(host, addrs)
         }
     }
+}
+
+/// `addrs` sorted (IPv4 first) and without duplicates, or [`DnsError::NoAddresses`] when
+/// there are none.
+fn sorted(host: &str, mut addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, DnsError> {
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(DnsError::NoAddresses {
+            host: host.to_owned(),
+        });
+    }
+    Ok(addrs)
+}
+
+/// The addresses the hosts file at `path` gives `host`, read now; `None` when it lists no
+/// address for `host`, or cannot be read (glibc's `files` then leaves the name to `dns`
+/// too).
+async fn hosts_file_entry(path: &Path, host: &str) -> Option<Vec<IpAddr>> {
+    match tokio::fs::read(path).await {
+        Ok(text) => hosts_entry(&String::from_utf8_lossy(&text), host),
+        Err(e) => {
+            debug!("dns: cannot read {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// The addresses the hosts file `text` gives `host` (both families, as many lines as list
+/// it), read with hickory's own parser; `None` when it lists none.
+fn hosts_entry(text: &str, host: &str) -> Option<Vec<IpAddr>> {
+    let name = DnsName::from_str(host).ok()?;
+    let mut hosts = Hosts::default();
+    hosts.read_hosts_conf(text.as_bytes()).ok()?;
+    let mut listed = None;
+    for record_type in [RecordType::A, RecordType::AAAA] {
+        if let Some(lookup) = hosts.lookup_static_host(&Query::query(name.clone(), record_type)) {
+            listed
+                .get_or_insert_with(Vec::new)
+                .extend(lookup.answers().iter().filter_map(|r| r.data.ip_addr()));
+        }
+    }
+    listed
 }
 
 /// Resolves a host name to its addresses: [`Resolver`], or a fake in tests.
@@ -217,12 +333,15 @@ pub(crate) enum Event {
         /// How many addresses the name keeps from its last good lookup; 0 if none.
         kept: usize,
     },
-    /// The name resolves again after failing. Logged at info.
+    /// The name resolves after failing. Logged at info.
     Recovered {
         /// The name.
         host: String,
         /// How many lookups in a row had failed.
         failures: u64,
+        /// Whether it had addresses before (it resolves *again*), or resolves for the
+        /// first time.
+        again: bool,
     },
     /// The name's addresses are not the ones it had (the first good lookup included).
     /// Logged at info.
@@ -258,12 +377,23 @@ impl fmt::Display for Event {
             Event::Failing { error, kept } => {
                 write!(f, "dns: {error}; keeping its last {kept} addresses")
             }
-            Event::Recovered { host, failures } => {
+            Event::Recovered {
+                host,
+                failures,
+                again,
+            } => {
                 let s = if *failures == 1 { "" } else { "s" };
-                write!(
-                    f,
-                    "dns: {host} resolves again, after {failures} failed lookup{s}"
-                )
+                if *again {
+                    write!(
+                        f,
+                        "dns: {host} resolves again, after {failures} failed lookup{s}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "dns: {host} resolves (after {failures} failed lookup{s})"
+                    )
+                }
             }
             Event::Changed {
                 host,
@@ -344,6 +474,7 @@ impl Name {
                     events.push(Event::Recovered {
                         host: host.to_owned(),
                         failures: self.failures,
+                        again: !self.addrs.is_empty(),
                     });
                     self.failures = 0;
                 }
@@ -465,10 +596,10 @@ pub(crate) fn spawn_watcher<L: Lookup + 'static>(
 }
 
 /// The integration tests' DNS server (authoritative, on loopback), for the unit tests of
-/// [`Resolver`].
+/// [`Resolver`] and of what resolves through it.
 #[cfg(test)]
 #[path = "../tests/common/dns.rs"]
-mod test_server;
+pub(crate) mod test_server;
 
 #[cfg(test)]
 mod tests {
@@ -599,6 +730,7 @@ mod tests {
             [Event::Recovered {
                 host: "web".to_owned(),
                 failures: 4,
+                again: true,
             }]
         );
         assert_eq!(
@@ -622,7 +754,8 @@ mod tests {
             [
                 Event::Recovered {
                     host: "web".to_owned(),
-                    failures: 1
+                    failures: 1,
+                    again: true,
                 },
                 changed("web", &["10.0.0.3"], &["10.0.0.3"], &["10.0.0.1"]),
             ]
@@ -656,6 +789,49 @@ mod tests {
         );
         assert!(names.resolved()["db"].is_empty());
         assert_eq!(names.resolved()["web"], ips(&["10.0.0.1"]));
+
+        // It resolves at last, after two failures: it resolves, not "again".
+        assert_eq!(names.refresh(&fake).await, []);
+        fake.set("db", Ok(ips(&["10.0.0.9"])));
+        let events = names.refresh(&fake).await;
+        assert_eq!(
+            events,
+            [
+                Event::Recovered {
+                    host: "db".to_owned(),
+                    failures: 2,
+                    again: false,
+                },
+                changed("db", &["10.0.0.9"], &["10.0.0.9"], &[]),
+            ]
+        );
+        let lines: Vec<String> = events.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "dns: db resolves (after 2 failed lookups)",
+                "dns: db resolves to 10.0.0.9"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_kept_from_a_reload_resolves_again() {
+        let fake = Fake::default();
+        let known = Resolved::from([("web".to_owned(), ips(&["10.0.0.1"]))]);
+        let mut names = Names::seeded(["web"], &known);
+        let events = names.refresh(&fake).await;
+        assert_eq!(
+            events[0].to_string(),
+            "dns: cannot resolve web: no answer in time; keeping its last address"
+        );
+        fake.set("web", Ok(ips(&["10.0.0.1"])));
+        let events = names.refresh(&fake).await;
+        assert_eq!(
+            events[0].to_string(),
+            "dns: web resolves again, after 1 failed lookup"
+        );
+        assert_eq!(events.len(), 1, "the same address: no change");
     }
 
     #[tokio::test]
@@ -796,6 +972,274 @@ mod tests {
         let before = server.queries();
         assert_eq!(resolver.lookup("127.0.0.9").await, Ok(ips(&["127.0.0.9"])));
         assert_eq!(server.queries(), before, "no query for an address");
+    }
+
+    #[test]
+    fn a_failed_query_fails_the_lookup_whatever_the_other_answered() {
+        use Answer::{Addrs, Failed, NoSuchName};
+        let timeout = || Failed("no answer in time".to_owned());
+        let lookup = |message: &str| {
+            Err(DnsError::Lookup {
+                host: "web".to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        let v4 = || Addrs(ips(&["10.0.0.2", "10.0.0.1"]));
+        let v6 = || Addrs(ips(&["::1"]));
+        assert_eq!(
+            combine("web", v4(), v6()),
+            Ok(ips(&["10.0.0.1", "10.0.0.2", "::1"]))
+        );
+        // One family without records (NODATA) is no failure.
+        assert_eq!(
+            combine("web", v4(), Addrs(Vec::new())),
+            Ok(ips(&["10.0.0.1", "10.0.0.2"]))
+        );
+        assert_eq!(combine("web", Addrs(Vec::new()), v6()), Ok(ips(&["::1"])));
+        // One query failing fails the whole lookup, so the last good addresses stay.
+        assert_eq!(
+            combine("web", v4(), timeout()),
+            lookup("AAAA query: no answer in time")
+        );
+        assert_eq!(
+            combine("web", Failed("SERVFAIL".to_owned()), v6()),
+            lookup("A query: SERVFAIL")
+        );
+        assert_eq!(
+            combine("web", NoSuchName, timeout()),
+            lookup("AAAA query: no answer in time")
+        );
+        assert_eq!(
+            combine("web", timeout(), timeout()),
+            lookup("no answer in time")
+        );
+        assert_eq!(
+            combine("web", timeout(), Failed("SERVFAIL".to_owned())),
+            lookup("A query: no answer in time; AAAA query: SERVFAIL")
+        );
+        // No such name, or no address at all.
+        assert_eq!(
+            combine("web", NoSuchName, NoSuchName),
+            Err(DnsError::NotFound {
+                host: "web".to_owned()
+            })
+        );
+        let none = Err(DnsError::NoAddresses {
+            host: "web".to_owned(),
+        });
+        assert_eq!(combine("web", Addrs(Vec::new()), Addrs(Vec::new())), none);
+        assert_eq!(combine("web", NoSuchName, Addrs(Vec::new())), none);
+        // A server that says both: the addresses it gave.
+        assert_eq!(combine("web", NoSuchName, v6()), Ok(ips(&["::1"])));
+    }
+
+    #[tokio::test]
+    async fn one_family_failing_fails_the_resolvers_lookup() {
+        let (resolver, server) = resolver_and_server().await;
+        // Nothing cached between the lookups.
+        server.set_ttl(0);
+        server.set("web.test", &ips(&["127.0.0.2", "::2"]));
+        assert_eq!(
+            resolver.lookup("web.test").await,
+            Ok(ips(&["127.0.0.2", "::2"]))
+        );
+        for mode in [server::Mode::ServFail, server::Mode::Silent] {
+            server.set_mode_for(RecordType::AAAA, mode);
+            let error = resolver.lookup("web.test").await.expect_err("AAAA fails");
+            assert!(
+                matches!(&error, DnsError::Lookup { host, message }
+                    if host == "web.test" && message.starts_with("AAAA query: ")),
+                "{mode:?}: {error:?}"
+            );
+            server.set_mode(server::Mode::Answer);
+            server.set_mode_for(RecordType::A, mode);
+            let error = resolver.lookup("web.test").await.expect_err("A fails");
+            assert!(
+                matches!(&error, DnsError::Lookup { message, .. } if message.starts_with("A query: ")),
+                "{mode:?}: {error:?}"
+            );
+            server.set_mode(server::Mode::Answer);
+        }
+        assert_eq!(
+            resolver.lookup("web.test").await,
+            Ok(ips(&["127.0.0.2", "::2"]))
+        );
+        // A name with IPv4 addresses only: its AAAA query failing fails it too (the
+        // watcher cannot tell a failed query from a family it would have lost).
+        server.set("v4.test", &ips(&["127.0.0.2"]));
+        server.set_mode_for(RecordType::AAAA, server::Mode::Silent);
+        assert_eq!(
+            resolver.lookup("v4.test").await,
+            Err(DnsError::Lookup {
+                host: "v4.test".to_owned(),
+                message: "AAAA query: no answer in time".to_owned()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_family_failing_keeps_the_addresses_and_is_reported_once() {
+        let (resolver, server) = resolver_and_server().await;
+        server.set_ttl(0);
+        server.set("web.test", &ips(&["127.0.0.2", "127.0.0.3", "::2"]));
+        let mut names = Names::new(["web.test"]);
+        let all = ips(&["127.0.0.2", "127.0.0.3", "::2"]);
+        assert_eq!(
+            names.refresh(&resolver).await,
+            [changed(
+                "web.test",
+                &["127.0.0.2", "127.0.0.3", "::2"],
+                &["127.0.0.2", "127.0.0.3", "::2"],
+                &[]
+            )]
+        );
+        for (mode, message) in [
+            (server::Mode::Silent, "AAAA query: no answer in time"),
+            (
+                server::Mode::ServFail,
+                "AAAA query: the server answered Server Failure",
+            ),
+        ] {
+            server.set_mode_for(RecordType::AAAA, mode);
+            let events = names.refresh(&resolver).await;
+            assert!(
+                matches!(&events[..], [Event::Failing {
+                    error: DnsError::Lookup { message: m, .. },
+                    kept: 3
+                }] if m == message),
+                "{mode:?}: {events:?}"
+            );
+            assert!(
+                events[0]
+                    .to_string()
+                    .ends_with("; keeping its last 3 addresses"),
+                "{}",
+                events[0]
+            );
+            assert_eq!(names.refresh(&resolver).await, [], "{mode:?}: said once");
+            assert_eq!(names.resolved()["web.test"], all, "{mode:?}");
+
+            server.set_mode(server::Mode::Answer);
+            assert_eq!(
+                names.refresh(&resolver).await,
+                [Event::Recovered {
+                    host: "web.test".to_owned(),
+                    failures: 2,
+                    again: true,
+                }],
+                "{mode:?}"
+            );
+            assert_eq!(names.resolved()["web.test"], all, "{mode:?}");
+        }
+    }
+
+    /// A file of its own in the temporary directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(text: &str) -> TempFile {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let file = TempFile(
+                std::env::temp_dir()
+                    .join(format!("ballast-dns-test-{}-{n}.hosts", std::process::id())),
+            );
+            file.write(text);
+            file
+        }
+
+        fn write(&self, text: &str) {
+            std::fs::write(&self.0, text).expect("write the test hosts file");
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_hosts_file_gives_both_families_as_it_lists_them() {
+        let text = "\u{feff}# a comment\n\
+                    127.0.0.1\tlocalhost\n\
+                    127.0.0.5 web.test www.test # the front\n\
+                    ::5 v6.test www.test\n\
+                    not-an-address bad.test\n\
+                    127.0.0.6 Upper.Test\n\
+                    127.0.0.7\n\
+                    127.0.0.8 www.test\n";
+        assert_eq!(hosts_entry(text, "localhost"), Some(ips(&["127.0.0.1"])));
+        assert_eq!(hosts_entry(text, "web.test"), Some(ips(&["127.0.0.5"])));
+        assert_eq!(hosts_entry(text, "v6.test"), Some(ips(&["::5"])));
+        let mut www = hosts_entry(text, "www.test").expect("listed");
+        www.sort_unstable();
+        assert_eq!(www, ips(&["127.0.0.5", "127.0.0.8", "::5"]));
+        assert_eq!(hosts_entry(text, "upper.test"), Some(ips(&["127.0.0.6"])));
+        assert_eq!(hosts_entry(text, "bad.test"), None);
+        assert_eq!(hosts_entry(text, "front"), None);
+        assert_eq!(hosts_entry(text, "other.test"), None);
+        assert_eq!(hosts_entry("", "web.test"), None);
+    }
+
+    #[tokio::test]
+    async fn a_name_in_the_hosts_file_is_answered_from_it_alone_read_at_each_lookup() {
+        let server = server::DnsServer::start().await;
+        server.set_ttl(0);
+        let hosts = TempFile::new("127.0.0.1 localhost\n127.0.0.5 web.test\n");
+        let resolver = Resolver::with_hosts_file(
+            &[server.addr()],
+            Duration::from_millis(400),
+            Some(hosts.0.clone()),
+        )
+        .expect("resolver");
+        // DNS would add an AAAA address: the hosts file alone answers, IPv4 only, and
+        // no query is sent for either family.
+        server.set("web.test", &ips(&["127.0.0.9", "::9"]));
+        assert_eq!(resolver.lookup("web.test").await, Ok(ips(&["127.0.0.5"])));
+        assert_eq!(resolver.lookup("localhost").await, Ok(ips(&["127.0.0.1"])));
+        assert_eq!(server.queries(), 0, "no query for a name in the hosts file");
+
+        // A name the file does not list: DNS, both families.
+        server.set("api.test", &ips(&["127.0.0.7", "::7"]));
+        assert_eq!(
+            resolver.lookup("api.test").await,
+            Ok(ips(&["127.0.0.7", "::7"]))
+        );
+        assert_eq!(server.queries(), 2);
+
+        // The file is edited: the next lookup reads it.
+        hosts.write("127.0.0.6 web.test\n::6 web.test\n127.0.0.8 api.test\n");
+        assert_eq!(
+            resolver.lookup("web.test").await,
+            Ok(ips(&["127.0.0.6", "::6"]))
+        );
+        assert_eq!(resolver.lookup("api.test").await, Ok(ips(&["127.0.0.8"])));
+        assert_eq!(server.queries(), 2);
+
+        // A name that leaves the file is asked of DNS again; so is every name once the
+        // file is gone.
+        hosts.write("127.0.0.8 api.test\n");
+        assert_eq!(
+            resolver.lookup("web.test").await,
+            Ok(ips(&["127.0.0.9", "::9"]))
+        );
+        assert_eq!(server.queries(), 4);
+        drop(hosts);
+        assert_eq!(
+            resolver.lookup("api.test").await,
+            Ok(ips(&["127.0.0.7", "::7"]))
+        );
+        assert_eq!(server.queries(), 6);
+    }
+
+    #[tokio::test]
+    async fn with_servers_the_hosts_file_is_not_read() {
+        // `Resolver::new` with servers: no hosts file, whatever /etc/hosts lists.
+        let server = server::DnsServer::start().await;
+        let resolver =
+            Resolver::new(&[server.addr()], Duration::from_millis(400)).expect("resolver");
+        assert!(resolver.hosts_file.is_none());
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Backends given by host name, end to end: the `ballast` binary asks the loopback test DNS
 //! server (`tests/common/dns.rs`) for a name's addresses, serves one backend per address,
 //! follows the name as its addresses change, keeps the last good ones while the server
-//! fails (saying so once), and serves its other services while a name never resolves.
+//! fails (saying so once), all of them while only its `AAAA` (or `A`) queries fail, and
+//! serves its other services while a name never resolves.
 //!
 //! The backends are `ballast-backend` processes on 127.0.0.2 and 127.0.0.3, on the one port
 //! the configuration's `host:port` names.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::dns::{DnsServer, Mode};
 use common::*;
+use hickory_proto::rr::RecordType;
 
 /// The `dns.interval` of these tests.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -256,15 +258,75 @@ async fn a_name_that_never_resolves_leaves_the_other_service_serving() {
         ]
     );
 
-    // Once the name resolves, the service serves.
+    // Once the name resolves, the service serves. It resolves for the first time: not
+    // "again".
     dns.set("ghost.test", &[ip("127.0.0.2")]);
     b.log.wait_for(1, |l| {
         message(l) == "service ghosts: 1 backend after a DNS change"
     });
-    b.log.wait_for(1, |l| {
-        level(l) == "INFO" && message(l).starts_with("dns: ghost.test resolves again, after ")
+    let resolves = b.log.wait_for(1, |l| {
+        level(l) == "INFO" && message(l).starts_with("dns: ghost.test resolves (after ")
     });
+    assert!(
+        message(&resolves).ends_with(" failed lookups)"),
+        "{resolves}"
+    );
+    assert_eq!(b.log.count(|l| message(l).contains(" resolves again")), 0);
     let page = http_get(ghosts, "/").await;
     assert_eq!(page_id(&page), "late");
     assert_eq!(read_all(plain_addr).await, "plain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_family_failing_keeps_every_address_and_says_so_once() {
+    let dns = DnsServer::start().await;
+    // No client in this test: the backends need not listen (health checks are hourly).
+    let port = 9;
+    dns.set(HOST, &[ip("127.0.0.2"), ip("127.0.0.3"), ip("::1")]);
+    let b = Balancer::start(&named_config(&dns, port));
+    let first = format!("dns: {HOST} resolves to 127.0.0.2, 127.0.0.3, ::1");
+    b.log.wait_for(1, |l| message(l) == first);
+
+    // Each episode: the AAAA queries alone fail (the A queries answer), then recover; then
+    // the same with the A queries.
+    let episodes = [
+        (RecordType::AAAA, Mode::ServFail),
+        (RecordType::AAAA, Mode::Silent),
+        (RecordType::A, Mode::Silent),
+    ];
+    for (episode, (family, mode)) in (1..).zip(episodes) {
+        let failed_before = b.log.count(failed_lookup);
+        dns.set_mode_for(family, mode);
+        b.log.wait_for(episode, warns_failing);
+        let warnings: Vec<String> = b
+            .log
+            .snapshot()
+            .into_iter()
+            .filter(|l| warns_failing(l))
+            .collect();
+        let warning = message(&warnings[episode - 1]);
+        assert!(
+            warning.contains(&format!(": {family} query: "))
+                && warning.ends_with("; keeping its last 3 addresses"),
+            "{family} {mode:?}: {warning}"
+        );
+        // Three failed lookups in this episode, and one warning for them.
+        b.log.wait_for(failed_before + 3, failed_lookup);
+        assert_eq!(b.log.count(warns_failing), episode, "{family} {mode:?}");
+
+        dns.set_mode(Mode::Answer);
+        b.log.wait_for(episode, recovered);
+        // A few good lookups later, still one recovery line for this episode.
+        let queries = dns.queries();
+        dns.wait_queries(queries + 6).await;
+        assert_eq!(b.log.count(recovered), episode, "{family} {mode:?}");
+        assert_eq!(b.log.count(warns_failing), episode, "{family} {mode:?}");
+    }
+    // No family was ever dropped: no rebuild, no "resolves to" beyond the first.
+    assert_eq!(b.log.count(dns_change), 0);
+    assert_eq!(
+        b.log
+            .count(|l| message(l).starts_with(&format!("dns: {HOST} resolves to "))),
+        1
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! - `A` and `AAAA` answers come from the table, and follow it as it changes (within the
 //!   answers' 1 s TTL).
-//! - An unknown name is `NXDOMAIN`; a silent or failing server is an error.
+//! - An unknown name is `NXDOMAIN`; a silent or failing server is an error, and so is one
+//!   that fails the queries of one record type alone.
 //! - A long answer is truncated over UDP and fetched again over TCP.
 //! - Malformed packets are ignored.
 //!
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::WAIT;
 use common::dns::{DnsServer, Mode};
 use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -156,6 +158,76 @@ async fn a_silent_or_failing_server_is_an_error_until_it_answers_again() {
     assert_eq!(
         lookup(&resolver, "web.test").await.expect("resolves"),
         ips(&["127.0.0.2"])
+    );
+}
+
+/// The addresses of `name`'s records of `record_type` alone, sorted, or the resolver's error.
+async fn lookup_type(
+    resolver: &TokioResolver,
+    name: &str,
+    record_type: RecordType,
+) -> Result<Vec<IpAddr>, NetError> {
+    let answer = resolver.lookup(name, record_type).await?;
+    let mut addrs: Vec<IpAddr> = answer
+        .answers()
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .collect();
+    addrs.sort_unstable();
+    Ok(addrs)
+}
+
+#[tokio::test]
+async fn one_record_type_can_fail_while_the_other_answers() {
+    let server = DnsServer::start().await;
+    let resolver = resolver(server.addr(), false);
+    server.set("web.test", &ips(&["127.0.0.2", "::2"]));
+
+    server.set_mode_for(RecordType::AAAA, Mode::ServFail);
+    assert_eq!(
+        lookup_type(&resolver, "web.test", RecordType::A)
+            .await
+            .expect("A answers"),
+        ips(&["127.0.0.2"])
+    );
+    let e = lookup_type(&resolver, "web.test", RecordType::AAAA)
+        .await
+        .expect_err("AAAA fails");
+    assert!(
+        matches!(
+            e,
+            NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))
+        ),
+        "{e}"
+    );
+
+    // The other way round, silent this time.
+    server.set_mode(Mode::Answer);
+    server.set_mode_for(RecordType::A, Mode::Silent);
+    assert_eq!(
+        lookup_type(&resolver, "web.test", RecordType::AAAA)
+            .await
+            .expect("AAAA answers"),
+        ips(&["::2"])
+    );
+    let e = lookup_type(&resolver, "other.test", RecordType::A)
+        .await
+        .expect_err("A is silent");
+    assert!(matches!(e, NetError::Timeout), "{e}");
+
+    // `set_mode` is for every type: both answer again.
+    server.set_mode(Mode::Answer);
+    assert_eq!(
+        lookup_type(&resolver, "web.test", RecordType::A)
+            .await
+            .expect("A answers"),
+        ips(&["127.0.0.2"])
+    );
+    assert!(
+        lookup_type(&resolver, "other.test", RecordType::A)
+            .await
+            .expect_err("no such name")
+            .is_nx_domain()
     );
 }
 

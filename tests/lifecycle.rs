@@ -319,7 +319,9 @@ async fn a_client_still_queued_when_the_grace_period_ends_is_closed_and_logged()
     assert_eq!(b.proc.wait_exit().code(), Some(0));
     let client = queued.local_addr().expect("client address");
     let line = b.log.wait_for(1, |l| {
-        l.contains(&format!("] default: {client} -> -: 0 bytes up, 0 bytes down, "))
+        l.contains(&format!(
+            "] default: {client} -> -: 0 bytes up, 0 bytes down, "
+        ))
     });
     assert!(
         line.ends_with(" ms, closed at end of grace period"),

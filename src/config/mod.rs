@@ -482,9 +482,7 @@ impl Config {
             services,
             max_pipes: raw.relay.max_pipes.unwrap_or(DEFAULT_MAX_PIPES),
             dns: DnsConfig {
-                servers: dns.servers.map_or(dns_defaults.servers, |s| {
-                    s.into_iter().map(|s| s.0).collect()
-                }),
+                servers: dns.servers.map_or(dns_defaults.servers, |s| s.0),
                 interval: dns.interval.map_or(dns_defaults.interval, |i| i.0),
             },
             admin,
@@ -1393,6 +1391,107 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn backend_ports_are_digits_alone() {
+        // `u16::from_str` takes "+80": a port written with a sign, or with anything but
+        // digits, is refused, after a host name as after an IP address.
+        for bad in [
+            "example.com:+80",
+            "example.com:-80",
+            "example.com: 80",
+            "example.com:8 0",
+            "example.com:",
+            "example.com:0x50",
+            "example.com:８０",
+            "127.0.0.1:+80",
+            "[::1]:+80",
+            "127.0.0.1:-0",
+        ] {
+            let e = parse(&GOOD.replace("127.0.0.1:8083", bad)).expect_err(bad);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "test.ron:7:30: invalid address {bad:?}: expected IP:port or host:port such as \"127.0.0.1:8081\", \"[::1]:8081\" or \"web.internal:8080\""
+                ),
+                "{bad}"
+            );
+        }
+        // Leading zeros are digits still.
+        let c = parse(&GOOD.replace("127.0.0.1:8083", "example.com:080")).expect("valid");
+        assert_eq!(
+            c.services[0].backends[2].addr,
+            BackendAddr::Name {
+                host: "example.com".into(),
+                port: 80
+            }
+        );
+    }
+
+    /// `GOOD` with `dns: (DNS)`.
+    fn with_dns(dns: &str) -> String {
+        GOOD.replace("\n)", &format!("\n    dns: ({dns}),\n)"))
+    }
+
+    #[test]
+    fn dns_servers_are_a_non_empty_list_of_usable_addresses() {
+        let e = parse(&with_dns("servers: []")).expect_err("empty");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:9:21: an empty list: leave `servers` out to use the system's resolver"
+        );
+        let e =
+            parse(&with_dns(r#"servers: ["127.0.0.1:53", "127.0.0.1:0"]"#)).expect_err("port 0");
+        assert_eq!(
+            e.to_string(),
+            "test.ron:9:38: DNS server \"127.0.0.1:0\" has port 0: expected a port from 1 to 65535, or none for 53"
+        );
+        let e = parse(&with_dns(r#"servers: ["[::1]:0"]"#)).expect_err("port 0");
+        assert!(e.to_string().contains("has port 0"), "{e}");
+        for bad in [
+            "127.0.0.1:+53",
+            "+127.0.0.1",
+            "[::1]:+53",
+            "127.0.0.1:",
+            "dns.test:53",
+        ] {
+            let e = parse(&with_dns(&format!("servers: [{bad:?}]"))).expect_err(bad);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "test.ron:9:22: invalid DNS server {bad:?}: expected IP or IP:port such as \"127.0.0.1:5353\" or \"[::1]:53\""
+                )
+            );
+        }
+        let c = parse(&with_dns(
+            r#"servers: ["127.0.0.1:1", "::1", "127.0.0.1:65535"]"#,
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.dns.servers,
+            [
+                "127.0.0.1:1".parse::<SocketAddr>().expect("address"),
+                "[::1]:53".parse().expect("address"),
+                "127.0.0.1:65535".parse().expect("address"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_dns_interval_is_at_least_100ms() {
+        for (short, shown) in [("1ms", "1ms"), ("99ms", "99ms"), ("0s", "0ms")] {
+            let e = parse(&with_dns(&format!("interval: {short:?}"))).expect_err(short);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "test.ron:9:22: a DNS interval of {shown}: expected at least 100ms, as every interval queries each name again"
+                )
+            );
+        }
+        let c = parse(&with_dns(r#"interval: "100ms""#)).expect("valid");
+        assert_eq!(c.dns.interval, Duration::from_millis(100));
+        assert_eq!(parse(GOOD).expect("valid").dns, DnsConfig::default());
     }
 
     #[test]

@@ -71,25 +71,73 @@ pub(super) struct RawServiceRelay {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDns {
-    pub(super) servers: Option<Vec<DnsServer>>,
-    pub(super) interval: Option<Positive>,
+    pub(super) servers: Option<DnsServers>,
+    pub(super) interval: Option<DnsInterval>,
 }
 
-/// A DNS server: `IP:port`, or a bare IP for port 53.
+/// `dns.servers`: at least one (an empty list would leave no server to ask; the system's
+/// resolver is had by leaving the key out).
+pub(super) struct DnsServers(pub(super) Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for DnsServers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let servers: Vec<DnsServer> = held_to(d, |servers: &Vec<DnsServer>| {
+            if servers.is_empty() {
+                Err("an empty list: leave `servers` out to use the system's resolver".into())
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(DnsServers(servers.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+/// A DNS server: `IP:port` with a port from 1 to 65535, or a bare IP for port 53.
 pub(super) struct DnsServer(pub(super) SocketAddr);
 
 impl<'de> Deserialize<'de> for DnsServer {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         let text = text.trim();
-        text.parse::<SocketAddr>()
+        // std's parsers take digits alone for the port (no sign), like `Target`'s.
+        let addr = text
+            .parse::<SocketAddr>()
             .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-            .map(DnsServer)
             .map_err(|_| {
                 serde::de::Error::custom(format!(
                     "invalid DNS server {text:?}: expected IP or IP:port such as \"127.0.0.1:5353\" or \"[::1]:53\""
                 ))
-            })
+            })?;
+        if addr.port() == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "DNS server {text:?} has port 0: expected a port from 1 to 65535, or none for 53"
+            )));
+        }
+        Ok(DnsServer(addr))
+    }
+}
+
+/// The shortest `dns.interval`: each interval sends two queries (`A` and `AAAA`) per name,
+/// and a shorter one would hammer the servers (1 ms was 2,000 queries a second).
+pub(super) const MIN_DNS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `dns.interval`: at least [`MIN_DNS_INTERVAL`].
+pub(super) struct DnsInterval(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for DnsInterval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let HumanDuration(interval) = held_to(d, |HumanDuration(interval): &HumanDuration| {
+            if *interval < MIN_DNS_INTERVAL {
+                Err(format!(
+                    "a DNS interval of {}ms: expected at least {}ms, as every interval queries each name again",
+                    interval.as_millis(),
+                    MIN_DNS_INTERVAL.as_millis()
+                ))
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(DnsInterval(interval))
     }
 }
 
@@ -399,6 +447,10 @@ impl<'de> Deserialize<'de> for Target {
             return Ok(Target(BackendAddr::Ip(addr)));
         }
         let named = trimmed.rsplit_once(':').and_then(|(host, port)| {
+            // Digits alone: `u16::from_str` would also take a sign (`+80`).
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let port: u16 = port.parse().ok()?;
             is_host_name(host).then(|| BackendAddr::Name {
                 host: host.trim_end_matches('.').to_ascii_lowercase(),

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use log::error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -118,7 +119,9 @@ pub(super) fn can_serve(config: &Config, resolved: &Resolved) -> bool {
 }
 
 /// What `ballast --check` warns about: each backend host name of `config` that does not
-/// resolve now, with the reason. Queries go where the running balancer's would.
+/// resolve now, with the reason, in name order. Queries go where the running balancer's
+/// would, every name at once (as the balancer's first lookups do), so a dead server costs
+/// one lookup's wait in all, not one per name.
 pub async fn unresolved(config: &Config) -> Vec<String> {
     let hosts = hosts(config);
     if hosts.is_empty() {
@@ -128,14 +131,15 @@ pub async fn unresolved(config: &Config) -> Vec<String> {
         Ok(resolver) => resolver,
         Err(e) => return vec![format!("{e}: no host name can be resolved")],
     };
+    let results = join_all(hosts.iter().map(|host| resolver.lookup(host))).await;
     let mut warnings = Vec::new();
-    for host in hosts {
-        if let Err(e) = resolver.lookup(&host).await {
+    for (host, result) in hosts.iter().zip(results) {
+        if let Err(e) = result {
             let users: Vec<String> = config
                 .services
                 .iter()
                 .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
-                .filter(|(_, b)| matches!(&b.addr, BackendAddr::Name { host: h, .. } if *h == host))
+                .filter(|(_, b)| matches!(&b.addr, BackendAddr::Name { host: h, .. } if h == host))
                 .map(|(s, b)| format!("service {} backend {}", s.name, b.name))
                 .collect();
             warnings.push(format!(
@@ -145,4 +149,67 @@ pub async fn unresolved(config: &Config) -> Vec<String> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dns::test_server::{DnsServer, Mode};
+
+    /// Five services, each with one backend by host name, resolved by `server` alone.
+    fn five_names(server: &DnsServer, interval: &str) -> Config {
+        let services: Vec<String> = (1..=5)
+            .map(|i| {
+                format!(
+                    r#"(name: "s{i}", listen: "127.0.0.1:0", algorithm: RoundRobin,
+                        backends: [(name: "b{i}", addr: "n{i}.test:80")]),"#
+                )
+            })
+            .collect();
+        let text = format!(
+            r#"(services: [{}], dns: (servers: ["{}"], interval: "{interval}"))"#,
+            services.concat(),
+            server.addr()
+        );
+        Config::parse(&text, Path::new("test.ron")).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn check_resolves_every_name_at_once() {
+        let server = DnsServer::start().await;
+        server.set_mode(Mode::Silent);
+        // A 4 s interval: each query waits 2 s for an answer. The five names' A and AAAA
+        // queries (10) all arrive within the first second only if the names are resolved
+        // at the same time; one after the other, the first name alone is asked until its
+        // queries time out.
+        let config = five_names(&server, "4s");
+        let check = tokio::spawn(async move { unresolved(&config).await });
+        let asked = tokio::time::timeout(Duration::from_secs(1), server.wait_queries(10)).await;
+        let queries = server.queries();
+        check.abort();
+        assert!(
+            asked.is_ok(),
+            "only {queries} queries in 1 s: the names are resolved one after the other"
+        );
+    }
+
+    #[tokio::test]
+    async fn check_warns_about_each_name_that_does_not_resolve_in_name_order() {
+        let server = DnsServer::start().await;
+        server.set("n2.test", &["127.0.0.2".parse().expect("address")]);
+        server.set("n4.test", &[]);
+        let warnings = unresolved(&five_names(&server, "400ms")).await;
+        assert_eq!(
+            warnings,
+            [
+                "cannot resolve n1.test: no such name (service s1 backend b1): it has no addresses until it resolves",
+                "cannot resolve n3.test: no such name (service s3 backend b3): it has no addresses until it resolves",
+                "cannot resolve n4.test: it has no A or AAAA records (service s4 backend b4): it has no addresses until it resolves",
+                "cannot resolve n5.test: no such name (service s5 backend b5): it has no addresses until it resolves",
+            ]
+        );
+    }
 }

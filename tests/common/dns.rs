@@ -1,6 +1,7 @@
 //! A small authoritative-only DNS server on loopback, for tests of name resolution: it
 //! answers `A` and `AAAA` queries (RFC 1035, RFC 3596) from a table the test changes while
-//! it runs, over UDP and over TCP on the same port, and can be told to fail.
+//! it runs, over UDP and over TCP on the same port, and can be told to fail: every query,
+//! or the queries of one record type only (an `AAAA` query timing out while `A` answers).
 //!
 //! Every query is peer input: a malformed packet is ignored, never a panic. Messages are
 //! parsed and built with `hickory-proto`.
@@ -52,7 +53,10 @@ pub(crate) enum Mode {
 struct Shared {
     /// Name (case-insensitive, fully qualified) → its addresses.
     table: Mutex<HashMap<Name, Vec<IpAddr>>>,
+    /// The mode of every query type without one of its own.
     mode: Mutex<Mode>,
+    /// Query types with a mode of their own ([`DnsServer::set_mode_for`]).
+    modes_for: Mutex<HashMap<RecordType, Mode>>,
     /// The TTL of the answers, in seconds.
     ttl: AtomicU32,
     /// Well-formed queries received, over UDP and TCP, whatever the mode.
@@ -75,6 +79,7 @@ impl DnsServer {
         let shared = Arc::new(Shared {
             table: Mutex::new(HashMap::new()),
             mode: Mutex::new(Mode::Answer),
+            modes_for: Mutex::new(HashMap::new()),
             ttl: AtomicU32::new(TTL),
             queries: watch::Sender::new(0),
         });
@@ -107,9 +112,18 @@ impl DnsServer {
         table.remove(&fqdn(name));
     }
 
-    /// Sets how the server treats the queries from now on.
+    /// Sets how the server treats every query from now on, whatever its type (the modes
+    /// [`DnsServer::set_mode_for`] gave single types are forgotten).
     pub(crate) fn set_mode(&self, mode: Mode) {
+        self.shared.modes_for.lock().expect("modes lock").clear();
         *self.shared.mode.lock().expect("mode lock") = mode;
+    }
+
+    /// Sets how the server treats the queries of `record_type` (`A` or `AAAA`) from now on,
+    /// the other types keeping theirs: an `AAAA` query can time out while `A` answers.
+    pub(crate) fn set_mode_for(&self, record_type: RecordType, mode: Mode) {
+        let mut modes = self.shared.modes_for.lock().expect("modes lock");
+        modes.insert(record_type, mode);
     }
 
     /// Sets the TTL of the answers from now on, in seconds.
@@ -225,7 +239,14 @@ fn answer(shared: &Shared, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         return None;
     }
     shared.queries.send_modify(|n| *n += 1);
-    let mode = *shared.mode.lock().expect("mode lock");
+    let own_mode = match query.queries.as_slice() {
+        [question] => {
+            let modes = shared.modes_for.lock().expect("modes lock");
+            modes.get(&question.query_type()).copied()
+        }
+        _ => None,
+    };
+    let mode = own_mode.unwrap_or_else(|| *shared.mode.lock().expect("mode lock"));
     let mut response = Message::response(query.metadata.id, query.metadata.op_code);
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.metadata.authoritative = true;
