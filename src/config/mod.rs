@@ -1383,6 +1383,7 @@ mod tests {
             "host",
             "1.2.3.999:80",
             "a b:1",
+            "host:0",
         ] {
             let text = GOOD.replace("127.0.0.1:8083", bad);
             let e = parse(&text).expect_err(bad);

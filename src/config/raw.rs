@@ -451,7 +451,9 @@ impl<'de> Deserialize<'de> for Target {
             if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            let port: u16 = port.parse().ok()?;
+            // Port 0 picks a free port where ballast-backend serves an IP backend; at a
+            // host name's addresses it can only be a mistake.
+            let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
             is_host_name(host).then(|| BackendAddr::Name {
                 host: host.trim_end_matches('.').to_ascii_lowercase(),
                 port,
