@@ -227,7 +227,7 @@ fn positions_found_after_parsing_skip_comments() {
         );
     assert_rejected(
         &text,
-        ":5:18: admin must listen on another address than the services (127.0.0.1:8080)",
+        ":5:26: admin must listen on another address than the services (127.0.0.1:8080)",
     );
     let text = VALID
         .replace("    backends", "    // name: \"vm4\"\n    backends")

@@ -164,3 +164,14 @@ pub(super) fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// Where the value of the top-level `key` starts (inside it, if quoted), as ron reports
+/// positions of values; see [`locate_key`].
+pub(super) fn locate_value(text: &str, key: &str) -> Option<(usize, usize)> {
+    let (line, col) = locate_key(text, key)?;
+    let line_text = text.lines().nth(line - 1)?;
+    let after_key = &line_text[col - 1 + key.len()..];
+    let rest = after_key.trim_start().strip_prefix(':')?.trim_start();
+    let skipped = line_text.len() - rest.len() + usize::from(rest.starts_with('"'));
+    Some((line, skipped + 1))
+}

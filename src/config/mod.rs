@@ -12,7 +12,7 @@ mod error;
 mod raw;
 
 pub use error::ConfigError;
-use error::{describe_ron_error, locate_key};
+use error::{describe_ron_error, locate_key, locate_value};
 use raw::*;
 pub use raw::{HumanDuration, parse_duration};
 
@@ -468,7 +468,7 @@ impl Config {
             && let Some(taken) = listened.iter().find(|&&&l| raw::overlap(l, admin))
         {
             return Err(invalid(
-                locate_key(text, "admin"),
+                locate_value(text, "admin"),
                 format!("admin must listen on another address than the services ({taken})"),
             ));
         }
@@ -930,7 +930,7 @@ mod tests {
         let e = parse(&text).expect_err("invalid");
         assert_eq!(
             e.to_string(),
-            "test.ron:4:5: admin must listen on another address than the services (127.0.0.1:8080)"
+            "test.ron:4:13: admin must listen on another address than the services (127.0.0.1:8080)"
         );
     }
 
@@ -938,6 +938,8 @@ mod tests {
     fn keys_are_found_outside_comments_and_strings() {
         let text = "(\n  // admin: 1\n  /* admin: 2 */ note: \"admin: 3\",\n  admin: 4, name: \"a\", name: \"b\",\n)";
         assert_eq!(locate_key(text, "admin"), Some((4, 3)));
+        assert_eq!(locate_value(text, "admin"), Some((4, 10)));
+        assert_eq!(locate_value("(\n  admin :  \"x\")", "admin"), Some((2, 13)));
         assert_eq!(locate_key(text, "name"), Some((4, 13)));
         // Inside a nested entry is not the top level.
         assert_eq!(
