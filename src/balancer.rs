@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use log::info;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -472,6 +472,8 @@ pub(crate) struct Balancer {
     pub started: Instant,
     /// Every service's totals together, those of removed services included.
     pub totals: Arc<Totals>,
+    /// Shutdown has begun: listeners are closed and open connections are finishing.
+    draining: AtomicBool,
 }
 
 impl Balancer {
@@ -496,7 +498,36 @@ impl Balancer {
             removed: Mutex::new(Vec::new()),
             started: Instant::now(),
             totals,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the start of the shutdown: from now on the balancer is not ready
+    /// ([`Balancer::not_ready`]) until it exits.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Why new clients should not be sent here now, for `/readyz`: `draining` once the
+    /// shutdown has begun, else one `service NAME: no backend up` for each service with
+    /// backends of its own none of which the health checks consider up (whatever its
+    /// weight). Empty when ready. Every listening address is bound and served by the time
+    /// anything can ask (a reload binds new ones before it swaps), so they need no check.
+    pub(crate) fn not_ready(&self) -> Vec<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return vec!["draining".to_string()];
+        }
+        self.services()
+            .list
+            .iter()
+            .filter(|service| {
+                let snapshot = service.snapshot();
+                // A service reached through its routes alone has no backends to wait for.
+                let has_backends = !snapshot.config.backends.is_empty();
+                has_backends && !snapshot.backends.iter().any(|b| b.is_up())
+            })
+            .map(|service| format!("service {}: no backend up", service.name))
+            .collect()
     }
 
     pub(crate) fn services(&self) -> Arc<Services> {
@@ -728,6 +759,43 @@ mod tests {
                 ("b".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn ready_while_every_service_with_backends_has_one_up_and_until_draining() {
+        let config = Config::parse(
+            r#"(services: [
+                (name: "web", listen: "127.0.0.1:0", algorithm: RoundRobin,
+                 routes: [(server_names: ["db.example.com"], service: "db")],
+                 backends: [(name: "w1", addr: "127.0.0.1:1"), (name: "w2", addr: "127.0.0.1:2")]),
+                (name: "db", algorithm: RoundRobin, health: (fall: 1),
+                 backends: [(name: "d1", addr: "127.0.0.1:3")]),
+                (name: "edge", listen: "127.0.0.1:0",
+                 routes: [(server_names: ["x.example.com"], service: "db")]),
+            ])"#,
+            Path::new("t.ron"),
+        )
+        .expect("config");
+        let balancer = Balancer::new(config, &Arc::default());
+        assert!(balancer.not_ready().is_empty());
+        let services = balancer.services();
+        let down = |name: &str, backend: usize| {
+            let snapshot = services.get(name).expect("service").snapshot();
+            for _ in 0..3 {
+                snapshot.backends[backend].record_check(false, "test");
+            }
+        };
+        down("web", 0);
+        assert!(balancer.not_ready().is_empty(), "w2 is still up");
+        down("db", 0);
+        assert_eq!(balancer.not_ready(), ["service db: no backend up"]);
+        down("web", 1);
+        assert_eq!(
+            balancer.not_ready(),
+            ["service web: no backend up", "service db: no backend up"]
+        );
+        balancer.start_draining();
+        assert_eq!(balancer.not_ready(), ["draining"]);
     }
 
     #[test]

@@ -8,13 +8,19 @@
 //!   for the balancer, `backend` for `ballast-backend`.
 //! - [`signal`]: the signals both binaries answer: SIGINT and SIGTERM request a shutdown (a
 //!   second SIGINT exits `ballast` at once), SIGHUP re-reads `ballast`'s configuration.
+//! - [`watch`]: `--watch`, a reload whenever the configuration file's content changes (its
+//!   directory watched with `notify`, ConfigMap symlink swaps included).
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
 //!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
 //!   queue), `hello` (a client's TLS ClientHello, peeked, and where its server name routes
 //!   it) and one connection's `session` (relay and access line).
-//! - `admin`: the admin listener, in `admin/`: `api` (connections, routing, runtime API),
-//!   `auth` (the token), `chart` (the history ring), `status` (JSON and page), `metrics`
-//!   (Prometheus text).
+//! - `admin`: the admin listener, in `admin/`: `api` (connections, routing, runtime API,
+//!   the `/healthz` and `/readyz` probes), `auth` (the token), `chart` (the history ring),
+//!   `status` (JSON and page), `metrics` (Prometheus text).
+//! - [`reload`]: the one channel every source of reloads (SIGHUP, `--watch`) feeds the
+//!   supervisor through: reads and validates the file, logs a rejected reload.
+//! - `systemd`: `Type=notify` messages (`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=`)
+//!   over `$NOTIFY_SOCKET`, nothing without it.
 //! - [`demo`]: the demo backend served by the `ballast-backend` binary: its listeners (one,
 //!   or one per backend of a configuration) and the two pages.
 //! - `monitor`: background health checks and `/load` pollers that feed the backends' state.
@@ -75,8 +81,11 @@ pub(crate) mod monitor;
 pub(crate) mod probe;
 pub mod proxy_protocol;
 pub(crate) mod relay;
+pub mod reload;
 pub(crate) mod routes;
 pub mod selection;
 pub mod server;
 pub mod signal;
+pub(crate) mod systemd;
 pub mod tls_hello;
+pub mod watch;

@@ -1,13 +1,16 @@
 //! `ballast`: the balancer binary. Parses arguments ([`ballast::cli::ballast`]), loads the
 //! configuration, binds the listener and runs until SIGINT or SIGTERM; SIGHUP reloads the
-//! configuration ([`ballast::signal`]). Errors are reported for humans with a non-zero exit:
-//! 1 for a bad configuration or a failure to start, 2 for bad arguments.
+//! configuration ([`ballast::signal`]), and so does a change of the file with `--watch`
+//! ([`ballast::watch`]), both through one channel ([`ballast::reload`]). Errors are reported
+//! for humans with a non-zero exit: 1 for a bad configuration or a failure to start, 2 for
+//! bad arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ballast::cli::ballast::{PROGRAM, parse};
 use ballast::config::Config;
+use ballast::reload;
 use ballast::server;
 use ballast::signal::{Hangup, Shutdown};
 
@@ -30,17 +33,27 @@ fn main() -> ExitCode {
         };
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // What `--watch` compares later contents with: read before the configuration, so that a
+    // change in between is a change it sees.
+    let seen = if options.watch {
+        std::fs::read(&options.config).ok()
+    } else {
+        None
+    };
     let config = match Config::load(&options.config) {
         Ok(config) => config,
         Err(e) => return PROGRAM.fail(e),
     };
-    match serve(config, options.config) {
+    match serve(config, options.config, options.watch, seen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => PROGRAM.fail(message),
     }
 }
 
-fn serve(config: Config, path: PathBuf) -> Result<(), String> {
+/// Serves `config` until SIGINT or SIGTERM, reloading `path` on SIGHUP and, with `watch`,
+/// whenever the file's content differs from `seen` (what `config` was read from) and from
+/// the content of the last reload.
+fn serve(config: Config, path: PathBuf, watch: bool, seen: Option<Vec<u8>>) -> Result<(), String> {
     // The control plane (signals, reloads, health checks, admin) and the first accept loop
     // share this thread; the server starts one more thread per further worker.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -52,9 +65,13 @@ fn serve(config: Config, path: PathBuf) -> Result<(), String> {
         let shutdown = Shutdown::install()?.second_interrupt_exits();
         let hangup = Hangup::install()?;
         let server = server::Server::bind(config).map_err(|e| e.to_string())?;
-        let reloads = hangup.reloads(path);
+        let (reloads, reloaded) = reload::channel(path);
+        if watch {
+            ballast::watch::start(reloads.clone(), seen)?;
+        }
+        hangup.reload_into(reloads);
         server
-            .run_with_reloads(shutdown.requested(), reloads)
+            .run_with_reloads(shutdown.requested(), reloaded)
             .await
             .map_err(|e| e.to_string())
     })

@@ -10,6 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::reload::{self, Reloads};
 
 /// The exit status after a second SIGINT, when [`Shutdown::second_interrupt_exits`] is set:
 /// 128 + SIGINT, as a shell reports a process killed by SIGINT.
@@ -83,26 +84,25 @@ impl Hangup {
     /// Re-reads the configuration at `path` on every SIGHUP, in a task of its own, and sends
     /// each one that validates; a file that does not is logged (with the message `--check`
     /// prints) and skipped, so the running configuration keeps serving. The task ends when
-    /// the receiver is dropped.
+    /// the receiver is dropped. See [`Hangup::reload_into`] to share the channel with other
+    /// sources of reloads.
     pub fn reloads(self, path: PathBuf) -> mpsc::Receiver<Config> {
-        let (reloads, reloaded) = mpsc::channel(4);
+        let (reloads, reloaded) = reload::channel(path);
+        self.reload_into(reloads);
+        reloaded
+    }
+
+    /// Requests a reload on `reloads` at every SIGHUP ([`Reloads::request`]), in a task of
+    /// its own that ends when the supervisor is gone.
+    pub fn reload_into(self, reloads: Reloads) {
         let mut hangup = self.hangup;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                log::info!("SIGHUP: reloading {}", path.display());
-                match Config::load(&path) {
-                    Ok(config) => {
-                        if reloads.send(config).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        log::error!("reload rejected: {e}; keeping the running configuration")
-                    }
+                if !reloads.request("SIGHUP").await {
+                    return;
                 }
             }
         });
-        reloaded
     }
 }
 

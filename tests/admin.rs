@@ -1202,6 +1202,160 @@ async fn moving_the_admin_listener_on_reload_keeps_the_chart_history() {
     assert!(samples(&st) >= 2, "history restarted: {}", st["history"]);
 }
 
+// --- probes: /healthz and /readyz ------------------------------------------------------------
+
+const READY: &str = "{\"ready\":true,\"reasons\":[]}\n";
+
+/// Health checks that take a refusing backend out at its first failure.
+const FAST_CHECKS: &str = "health: (interval: \"100ms\", timeout: \"100ms\", rise: 1, fall: 1),";
+
+#[tokio::test]
+async fn probes_answer_live_and_ready_without_the_token() {
+    let backends = [("a", named_backend("a").await, 1)];
+    let (_b, admin) = start(&admin_config(
+        "RoundRobin",
+        &backends,
+        "admin_token: \"s3cret-t0ken\",",
+    ));
+    let live = get(admin, "/healthz").await;
+    assert_eq!((live.status, live.body.as_str()), (200, "ok\n"), "{live:?}");
+    assert_eq!(
+        live.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(live.header("cache-control"), Some("no-store"));
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, READY),
+        "{ready:?}"
+    );
+    assert_eq!(ready.header("content-type"), Some("application/json"));
+    for path in ["/healthz", "/readyz"] {
+        let head = request(admin, "HEAD", path, &[]).await;
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "HEAD {path}");
+        // A token, right or wrong, changes nothing.
+        for token in ["Bearer s3cret-t0ken", "Bearer wrong"] {
+            let reply = request(admin, "GET", path, &[("Authorization", token)]).await;
+            assert_eq!(reply.status, 200, "{path} with {token}");
+        }
+        let post = post(admin, path).await;
+        assert_eq!(post.status, 405, "POST {path}");
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    }
+    // Everything else still needs it.
+    assert_eq!(get(admin, "/api/status").await.status, 401);
+    assert_eq!(get(admin, "/healthz/x").await.status, 401);
+}
+
+#[tokio::test]
+async fn not_ready_while_a_service_has_no_backend_up() {
+    let web = named_backend("web").await;
+    let db = refusing_addr();
+    let (b, admin) = start(&format!(
+        r#"(
+            services: [
+                (name: "web", listen: "127.0.0.1:0", algorithm: RoundRobin,
+                 backends: [(name: "w1", addr: "{web}")]),
+                (name: "db", listen: "127.0.0.1:0", algorithm: RoundRobin,
+                 backends: [(name: "d1", addr: "{db}")]),
+            ],
+            admin: "127.0.0.1:0",
+            {FAST_CHECKS}
+        )"#
+    ));
+    b.log
+        .wait_for(1, |l| l.contains("backend d1") && l.contains("is down"));
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (
+            503,
+            "{\"ready\":false,\"reasons\":[\"service db: no backend up\"]}\n"
+        ),
+        "{ready:?}"
+    );
+    let head = request(admin, "HEAD", "/readyz", &[]).await;
+    assert_eq!(head.status, 503);
+    // Alive all the same, and web still serves.
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(read_all(b.service_addrs("web")[0]).await, "web");
+}
+
+/// Writes `msg` through `s` to an echo backend and reads it back.
+async fn echoed(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    within(s.write_all(msg)).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    within(s.read_exact(&mut back)).await.expect("echo");
+    back
+}
+
+#[tokio::test]
+async fn not_ready_from_the_start_of_the_drain_while_connections_finish() {
+    let (mut b, admin) = start(&admin_config(
+        "RoundRobin",
+        &[("echo", echo_backend().await, 1)],
+        "timeouts: (grace: \"30s\"),",
+    ));
+    assert_eq!(get(admin, "/readyz").await.body, READY);
+    let mut open = connect(b.addr).await;
+    assert_eq!(echoed(&mut open, b"one").await, b"one");
+    b.proc.signal("TERM");
+    let draining = eventually("/readyz to say draining", || async {
+        let reply = get(admin, "/readyz").await;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        draining.body,
+        "{\"ready\":false,\"reasons\":[\"draining\"]}\n"
+    );
+    b.log.wait_for(1, |l| {
+        l.contains("shutting down: waiting up to 30s for 1 open connections")
+    });
+    // Still draining: the listener is closed, the connection relays, the admin answers.
+    assert!(TcpStream::connect(b.addr).await.is_err(), "still accepting");
+    assert_eq!(echoed(&mut open, b"two").await, b"two");
+    assert_eq!(get(admin, "/readyz").await.status, 503);
+    assert_eq!(get(admin, "/healthz").await.body, "ok\n");
+    within(open.shutdown()).await.expect("shutdown");
+    let mut rest = Vec::new();
+    within(open.read_to_end(&mut rest)).await.expect("drain");
+    assert_eq!(b.proc.wait_exit().code(), Some(0));
+    b.log.wait_for(1, |l| l.contains("admin listener stopped"));
+    assert!(TcpStream::connect(admin).await.is_err(), "admin still open");
+}
+
+#[tokio::test]
+async fn the_drain_stays_bounded_with_admin_connections_open() {
+    let (mut b, admin) = start(&admin_config(
+        "RoundRobin",
+        &[("echo", echo_backend().await, 1)],
+        "timeouts: (grace: \"300ms\"),",
+    ));
+    let mut open = connect(b.addr).await;
+    assert_eq!(echoed(&mut open, b"x").await, b"x");
+    // An idle keep-alive admin connection, and one that never finishes its request.
+    let mut idle = BufReader::new(connect(admin).await);
+    let ask = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    within(idle.get_mut().write_all(ask.as_bytes()))
+        .await
+        .expect("write");
+    assert_eq!(read_reply(&mut idle, false).await.status, 200);
+    let mut partial = connect(admin).await;
+    within(partial.write_all(b"GET /readyz HTTP/1.1\r\n"))
+        .await
+        .expect("write");
+    b.proc.signal("TERM");
+    assert_eq!(b.proc.wait_exit().code(), Some(0));
+    b.log.wait_for(1, |l| {
+        l.contains("grace period over: closing 1 remaining connections")
+    });
+    // The admin listener, its connections with it, stopped once the drain was over.
+    b.log.wait_for(1, |l| l.contains("admin listener stopped"));
+    drop((idle, partial));
+}
+
 // --- scripts/screenshot.sh -------------------------------------------------------------------
 
 const SCREENSHOT_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/screenshot.sh");

@@ -257,14 +257,27 @@ fn bad_arguments_exit_2_with_usage() {
     assert!(err.contains("Usage: ballast"), "{err}");
 }
 
+/// `--help` prints the usage exactly as README.md shows it.
 #[test]
 fn help_and_version() {
     let (code, out, _) = run_ballast(&["--help"]);
     assert_eq!(code, 0);
     assert!(
-        out.starts_with("Usage: ballast [--config PATH] [--check]"),
+        out.starts_with("Usage: ballast [--config PATH] [--check] [--watch]\n"),
         "{out}"
     );
+    assert!(
+        out.contains("\n      --watch        reload when the configuration file changes\n"),
+        "{out}"
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let start = readme
+        .find("```\nUsage: ballast [")
+        .expect("ballast's usage in README.md")
+        + 4;
+    let shown = &readme[start..start + readme[start..].find("```").expect("end of block")];
+    assert_eq!(out, shown);
     let (code, out, _) = run_ballast(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(out, format!("ballast {}\n", env!("CARGO_PKG_VERSION")));

@@ -57,6 +57,11 @@ pub(super) fn error_reply(status: u16, message: &str) -> Reply {
 }
 
 pub(super) fn respond(request: &Request, ctx: &Ctx) -> Reply {
+    // The probes answer without the token: Kubernetes probes and load balancers' health
+    // checks cannot easily send one, and they reveal nothing worth hiding.
+    if let Some(reply) = probe(request, &ctx.balancer) {
+        return reply;
+    }
     let services = ctx.balancer.services();
     let method = request.method.as_str();
     if let Some(token) = &services.config.admin_token
@@ -92,6 +97,32 @@ pub(super) fn respond(request: &Request, ctx: &Ctx) -> Reply {
             }
         }
     }
+}
+
+/// `/healthz` and `/readyz`, whatever the token; `None` for any other path.
+///
+/// `/healthz` (liveness) answers 200 `ok` for as long as the admin listener serves.
+/// `/readyz` (readiness) answers 200 `{"ready":true,"reasons":[]}` while every service with
+/// backends has one up, and 503 `{"ready":false,"reasons":[...]}` otherwise, or with
+/// `["draining"]` from the start of the shutdown to the exit ([`Balancer::not_ready`]).
+pub(super) fn probe(request: &Request, balancer: &Balancer) -> Option<Reply> {
+    let path = request.path();
+    if !matches!(path, "/healthz" | "/readyz") {
+        return None;
+    }
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        return Some(error_reply(405, "method not allowed").with_headers(READ_ONLY));
+    }
+    Some(if path == "/healthz" {
+        fresh(200, TEXT, "ok\n")
+    } else {
+        let reasons = balancer.not_ready();
+        let status = if reasons.is_empty() { 200 } else { 503 };
+        json_reply(
+            status,
+            &serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons }),
+        )
+    })
 }
 
 /// `POST /api/services/{service}/backends/{name}/(drain|enable|weight/{n})`, or without

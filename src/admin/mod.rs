@@ -10,6 +10,8 @@
 //! | `GET`/`HEAD` | `/`                                  | status page (HTML, refreshes itself)    |
 //! | `GET`/`HEAD` | `/metrics`                           | Prometheus text format 0.0.4            |
 //! | `GET`/`HEAD` | `/api/status`                        | the page's data as JSON                 |
+//! | `GET`/`HEAD` | `/healthz`                           | liveness: 200 `ok` (no token needed)    |
+//! | `GET`/`HEAD` | `/readyz`                            | readiness: 200, or 503 with the reasons (no token needed) |
 //! | `POST`       | `/api/backends/{name}/drain`         | weight 0 at runtime                     |
 //! | `POST`       | `/api/backends/{name}/enable`        | back to the configured weight           |
 //! | `POST`       | `/api/backends/{name}/weight/{n}`    | weight `n` (0..=256) at runtime         |
@@ -18,12 +20,14 @@
 //! [`Balancer::set_weight`], so they apply to new connections at once, leave established ones
 //! alone, and are dropped by the next configuration reload.
 //!
-//! When `admin_token` is configured every request needs `Authorization: Bearer <token>`
-//! (compared in constant time), else 401 with `WWW-Authenticate: Bearer`. So that the page
-//! works in a browser, `GET`/`HEAD` requests may instead carry the token as `?token=...`; the
-//! page then sends it as a bearer header on its own requests. `POST` requests only accept the
-//! header, and a `POST` whose `Origin` does not match its `Host` is refused with 403, so
-//! another web site open in the same browser cannot drive the API.
+//! When `admin_token` is configured every request but the probes (`/healthz`, `/readyz`)
+//! needs `Authorization: Bearer <token>` (compared in constant time), else 401 with
+//! `WWW-Authenticate: Bearer`. So that the page works in a browser, `GET`/`HEAD` requests may
+//! instead carry the token as `?token=...`; the page then sends it as a bearer header on its
+//! own requests. `POST` requests only accept the header, and a `POST` whose `Origin` does
+//! not match its `Host` is refused with 403, so another web site open in the same browser
+//! cannot drive the API. The probes are left open because Kubernetes probes and load
+//! balancers' health checks cannot easily send a token, and they tell nothing sensitive.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -61,6 +65,7 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 const READ_ONLY: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
 const POST_ONLY: &[(&str, &str)] = &[("Allow", "POST")];
 const CHALLENGE: &[(&str, &str)] = &[("WWW-Authenticate", "Bearer realm=\"ballast admin\"")];
@@ -96,7 +101,8 @@ impl Chart {
 }
 
 /// Serves the admin endpoints on `listener`, with `chart`'s history, until `stop` is
-/// cancelled.
+/// cancelled. At shutdown the supervisor cancels it only once the drain is over, so that
+/// `/readyz` answers 503 `draining` meanwhile.
 pub(crate) async fn serve(
     listener: TcpListener,
     balancer: Arc<Balancer>,

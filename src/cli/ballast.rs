@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "balancer.ron";
 
 /// The `--help` text.
 pub const USAGE: &str = "\
-Usage: ballast [--config PATH] [--check]
+Usage: ballast [--config PATH] [--check] [--watch]
 
 A Layer-4 TCP load balancer.
 
@@ -19,6 +19,7 @@ Options:
   -c, --config PATH  configuration file (default: ./balancer.ron)
       --check        validate the configuration, print a summary and exit
                      (0 when valid, 1 otherwise)
+      --watch        reload when the configuration file changes
   -h, --help         print this help
   -V, --version      print the version
 
@@ -37,6 +38,8 @@ pub struct Options {
     pub config: PathBuf,
     /// `--check`: validate the configuration, print its summary and exit.
     pub check: bool,
+    /// `--watch`: reload whenever the configuration file's content changes.
+    pub watch: bool,
 }
 
 /// Parses the arguments after the program name.
@@ -44,6 +47,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command<Options
     let mut args = Args::new(args)?;
     let mut config = None;
     let mut check = false;
+    let mut watch = false;
     while let Some(arg) = args.next()? {
         let Arg::Flag(flag) = arg else {
             return Err(arg.unknown());
@@ -52,6 +56,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command<Options
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--check" => check = true,
+            "--watch" => watch = true,
             "-c" | "--config" => config = Some(PathBuf::from(args.value(&flag, "a file path")?)),
             _ => return Err(Arg::Flag(flag).unknown()),
         }
@@ -59,6 +64,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command<Options
     Ok(Command::Run(Options {
         config: config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
         check,
+        watch,
     }))
 }
 
@@ -74,6 +80,7 @@ mod tests {
         Ok(Command::Run(Options {
             config: config.into(),
             check,
+            watch: false,
         }))
     }
 
@@ -89,6 +96,21 @@ mod tests {
         assert_eq!(parse_str(&["--config", "x.ron", "--check"]), expected);
         assert_eq!(parse_str(&["--config=x.ron", "--check"]), expected);
         assert_eq!(parse_str(&["--check", "-cx.ron"]), expected);
+    }
+
+    #[test]
+    fn watch_is_a_flag() {
+        let expected = Ok(Command::Run(Options {
+            config: "x.ron".into(),
+            check: false,
+            watch: true,
+        }));
+        assert_eq!(parse_str(&["--watch", "-c", "x.ron"]), expected);
+        assert_eq!(parse_str(&["-c", "x.ron", "--watch"]), expected);
+        assert_eq!(
+            parse_str(&["--watch=yes"]),
+            Err("--watch takes no value, but was given `yes`".into())
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ use crate::dns::Resolved;
 use crate::listener;
 use crate::monitor;
 use crate::relay;
+use crate::reload;
+use crate::systemd;
 
 mod accept;
 mod connect;
@@ -130,6 +132,7 @@ impl Server {
         let resolved = tokio::select! {
             () = &mut shutdown => {
                 host_names.stop();
+                systemd::stopping("stopped before serving");
                 info!("stopped before serving");
                 return Ok(());
             }
@@ -176,6 +179,8 @@ impl Server {
             admin_stop = start_admin(addr, &balancer, chart, &supervisor.background, &stop_admin)?;
         }
         drop(services);
+        // Every listener is bound and served, and so is the admin listener.
+        systemd::ready(&supervisor.summary());
         let mut reloads_open = true;
 
         loop {
@@ -205,7 +210,7 @@ impl Server {
                 match config.admin.map(bind_admin).transpose() {
                     Ok(listener) => Some(listener),
                     Err(e) => {
-                        error!("reload rejected: {e}; keeping the running configuration");
+                        reload::rejected(e);
                         continue;
                     }
                 }
@@ -215,13 +220,13 @@ impl Server {
                 () = &mut shutdown => break,
                 resolved = host_names.follow(&config, &supervisor.background) => resolved,
             };
-            let refused = if names::can_serve(&config, &resolved) {
-                supervisor.reload(config, &resolved).await.err()
+            let verdict = if names::can_serve(&config, &resolved) {
+                supervisor.reload(config, &resolved).await
             } else {
-                Some(io::Error::other(NO_SERVICE_CAN_SERVE))
+                Err(io::Error::other(NO_SERVICE_CAN_SERVE))
             };
-            if let Some(e) = refused {
-                error!("reload rejected: {e}; keeping the running configuration");
+            if let Err(e) = verdict {
+                reload::rejected(e);
                 let running = balancer.services();
                 let resolved = tokio::select! {
                     () = &mut shutdown => break,
@@ -243,8 +248,26 @@ impl Server {
                     None => stop_admin.child_token(),
                 };
             }
+            if let Ok(reloaded) = verdict {
+                systemd::ready(&reloaded);
+            }
         }
 
+        // From now on `/readyz` says `draining`: the admin listener keeps answering until the
+        // drain is over, so probes and health checks take this instance out meanwhile.
+        balancer.start_draining();
+        // Reloads asked for from now on are not started (nor announced to systemd).
+        reloads.close();
+        let open: usize = balancer
+            .services()
+            .list
+            .iter()
+            .map(|s| s.connections.len())
+            .sum();
+        systemd::stopping(&format!(
+            "shutting down: draining {}",
+            counted(open, "open connection")
+        ));
         // Stop accepting everywhere before anything else, so new clients are refused at once.
         let listening: Vec<Arc<Listening>> = supervisor.listening.drain().map(|(_, l)| l).collect();
         for l in &listening {
@@ -256,7 +279,6 @@ impl Server {
         for (_, stop) in supervisor.monitors.drain() {
             stop.cancel();
         }
-        stop_admin.cancel();
         supervisor.background.close();
         // Each service's grace period runs from now, side by side with the others'.
         for service in &balancer.services().list {
@@ -266,6 +288,9 @@ impl Server {
         }
         supervisor.retiring.close();
         supervisor.retiring.wait().await;
+        // The drain is over (each service's is bounded by its grace period): the admin
+        // listener goes last.
+        stop_admin.cancel();
         finished.cancel();
         supervisor.background.wait().await;
         let joined = tokio::task::spawn_blocking(move || {
@@ -380,11 +405,12 @@ impl Supervisor {
     }
 
     /// Puts `config` in force. Every new address is bound before anything changes, so a
-    /// reload that cannot be served whole is refused whole.
+    /// reload that cannot be served whole is refused whole. Returns what it logged:
+    /// `reloaded: listening on ...; N services (...)`.
     ///
     /// # Errors
     /// An address that cannot be bound.
-    async fn reload(&mut self, config: Config, resolved: &Arc<Resolved>) -> io::Result<()> {
+    async fn reload(&mut self, config: Config, resolved: &Arc<Resolved>) -> io::Result<String> {
         let current = self.balancer.services();
         if config.workers != current.config.workers {
             warn!(
@@ -479,12 +505,6 @@ impl Supervisor {
             self.retiring
                 .spawn(drain(Arc::clone(service), "service removed"));
         }
-        let addrs: Vec<String> = after
-            .list
-            .iter()
-            .flat_map(|s| self.addrs_of(&s.name))
-            .map(|a| a.to_string())
-            .collect();
         for service in &after.list {
             log_service("serving", &self.addrs_of(&service.name), service);
         }
@@ -493,12 +513,25 @@ impl Supervisor {
         } else {
             report.join(", ")
         };
-        info!(
-            "reloaded: listening on {}; {} ({changes})",
+        let reloaded = format!("reloaded: {} ({changes})", self.summary());
+        info!("{reloaded}");
+        Ok(reloaded)
+    }
+
+    /// `listening on A, B; N services`: every address served, in configuration order.
+    fn summary(&self) -> String {
+        let services = self.balancer.services();
+        let addrs: Vec<String> = services
+            .list
+            .iter()
+            .flat_map(|s| self.addrs_of(&s.name))
+            .map(|a| a.to_string())
+            .collect();
+        format!(
+            "listening on {}; {}",
             addrs.join(", "),
-            counted(after.list.len(), "service")
-        );
-        Ok(())
+            counted(services.list.len(), "service")
+        )
     }
 }
 

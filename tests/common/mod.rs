@@ -258,9 +258,19 @@ impl Balancer {
 
     /// Starts `command` (which must end up running `ballast`, e.g. through a shell that sets
     /// limits first) with `--config FILE` appended.
-    pub(crate) fn start_in(config_text: &str, mut command: Command) -> Balancer {
+    pub(crate) fn start_in(config_text: &str, command: Command) -> Balancer {
         let dir = TempDir::new();
         let path = dir.write("balancer.ron", config_text);
+        Balancer::start_file(command, path, dir)
+    }
+
+    /// Starts `command` (which must end up running `ballast`) with `--config PATH` appended,
+    /// `path` a file the caller laid out in `dir` (kept until the balancer is dropped), and
+    /// waits until it listens. `NOTIFY_SOCKET` is removed unless `command` sets it.
+    pub(crate) fn start_file(mut command: Command, path: PathBuf, dir: TempDir) -> Balancer {
+        if !command.get_envs().any(|(key, _)| key == "NOTIFY_SOCKET") {
+            command.env_remove("NOTIFY_SOCKET");
+        }
         let mut child = command
             .arg("--config")
             .arg(&path)
