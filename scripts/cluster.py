@@ -568,8 +568,13 @@ def cmd_check_held(args):
     return verdict(
         "(b)",
         not problems,
-        f"SIGKILL of {args.killed} lost its {len(killed)} held connections and no other: "
-        f"{answered['after-withdraw']}/{len(others)} on {' and '.join(survivors)} kept "
+        f"SIGKILL of {args.killed} lost its {len(killed)} held connections"
+        + (
+            " and no other"
+            if min(answered.values()) == len(others)
+            else f", and {len(others) - min(answered.values())} more"
+        )
+        + f": {min(answered.values())}/{len(others)} on {' and '.join(survivors)} kept "
         f"working; after the route withdrawal {ok_after}/{len(after)} new connections succeeded",
         [
             f"held keep-alive connections: {len(held)} ({counted(on, names)})",
@@ -661,7 +666,7 @@ def cmd_check_join(args):
         f"instance within {slowest:.2f} s (limit {limit:g} s: two DNS intervals)",
         [
             "each instance's log line for the new address, after the DNS change: "
-            + ", ".join(f"{j.split('=')[0]} {j.split('=')[1]} s" for j in args.joined or []),
+            + ", ".join(f"{n} {t} s" for n, t in sorted(j.split("=") for j in args.joined or [])),
             f"first connection to {args.new} after the DNS change: {times}",
             f"its share of connections from {limit:g} s on: {shares}; {overall:.0%} overall, "
             f"for 1/{args.backends} of the Maglev table",

@@ -43,7 +43,9 @@ another instance, which resets them, so (b) and (d) then fail.
 Needs root, `ip` (iproute2) with network namespaces, `dnsmasq` (Debian: dnsmasq-base),
 `nft` (Debian: nftables; not with --plain-ecmp), `ss` and `python3`; installs nothing.
 Everything it creates (namespaces, their links, processes) is removed when it exits,
-also on Ctrl-C or SIGTERM. It takes about a minute.
+also on Ctrl-C or SIGTERM; should the script itself be killed with SIGKILL, a helper it
+leaves waiting removes them, and failing that the next run does. A run takes about 15 s
+after the build (25 s with --plain-ecmp, whose drains wait out the grace period).
 
 Exit status: 0 when every check passes, 1 when one fails or something goes wrong, 2 for
 bad arguments or when it cannot run here (not root, no namespaces, a tool missing).
@@ -86,6 +88,11 @@ cannot_run() {
 }
 
 [[ $(id -u) == 0 ]] || cannot_run "it needs root (network namespaces)"
+# ip, dnsmasq and nft live in sbin directories, which a PATH may lack.
+case ":$PATH:" in
+*:/usr/sbin:*) ;;
+*) PATH=$PATH:/usr/sbin:/sbin ;;
+esac
 tools=(ip dnsmasq ss python3 timeout mkfifo)
 ((PINNING)) && tools+=(nft)
 for tool in "${tools[@]}"; do
@@ -138,11 +145,16 @@ front_of() {
 
 RUN_DIR=$(absolute "${BALLAST_RUN_DIR:-$REPO_ROOT/target/ballast-run}")/cluster
 mkdir -p "$RUN_DIR"
-rm -f "$RUN_DIR"/*.log "$RUN_DIR"/*.out "$RUN_DIR"/*.tsv "$RUN_DIR"/*.txt "$RUN_DIR"/*.map \
+if [[ -f $RUN_DIR/cluster.pid ]]; then
+    other=$(cat "$RUN_DIR/cluster.pid" 2>/dev/null || true)
+    if [[ -n $other && $other != "$$" ]] && is_ours "$other" cluster.sh; then
+        die "another cluster.sh (pid $other) uses $RUN_DIR; wait for it or set BALLAST_RUN_DIR"
+    fi
+fi
+rm -f "$RUN_DIR"/*.log "$RUN_DIR"/*.out "$RUN_DIR"/*.tsv "$RUN_DIR"/*.txt "$RUN_DIR"/*.map "$RUN_DIR"/*.err \
     "$RUN_DIR"/hold.fifo "$RUN_DIR"/load.stop "$RUN_DIR"/watchdog.fifo
 HOSTS=$RUN_DIR/hosts
 CONFIG=$RUN_DIR/cluster.ron
-PIDS_FILE=$RUN_DIR/pids
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -181,16 +193,15 @@ veth() {
     ip -n "$3" link set "$4" up
 }
 
-# Starts a command in namespace NS in the background, stdin from /dev/null (or IN), and
-# records it; sets SPAWNED to its pid (`ip netns exec` execs the command, so it is the
-# command's own).
+# Starts a command in namespace NS in the background, stdin from /dev/null (or IN), stdout
+# to OUT and stderr to ERR; sets SPAWNED to its pid (`ip netns exec` execs the command, so
+# it is the command's own).
 spawn() {
     local ns=$1 out=$2 err=$3 in=/dev/null
     shift 3
     if [[ $1 == --stdin ]]; then in=$2; shift 2; fi
     ip netns exec "$ns" "$@" <"$in" >"$out" 2>"$err" 8>&- 9>&- &
     SPAWNED=$!
-    printf '%s %s\n' "$SPAWNED" "$(basename "$1")" >>"$PIDS_FILE"
 }
 
 # Runs a bounded client command (within LIMIT seconds) in the client namespace, its output
@@ -351,7 +362,7 @@ cleanup() {
     local status=$?
     trap - EXIT
     trap 'FORCE=1' INT TERM HUP
-    exec 8>&- 2>/dev/null || true
+    exec 8>&-
     local lb lbs=()
     for lb in "${INSTANCES[@]}"; do lbs+=("${LB_PID[$lb]:-}"); done
     stop_pids "$CHILD_PID" "$HOLD_PID" "${LOAD_PID:-}"
@@ -359,7 +370,7 @@ cleanup() {
     stop_pids "$DNS_PID" ${BACKEND_PIDS[@]+"${BACKEND_PIDS[@]}"}
     remove_namespaces "$PREFIX"
     stop_watchdog
-    rm -f "$RUN_DIR/watchdog.fifo" "$RUN_DIR/hold.fifo" "$PIDS_FILE"
+    rm -f "$RUN_DIR/watchdog.fifo" "$RUN_DIR/hold.fifo" "$RUN_DIR/cluster.pid"
     if [[ -n $(ip netns list 2>/dev/null | awk -v p="$PREFIX-" 'index($1, p) == 1') ]]; then
         note "could not remove every namespace of $PREFIX"
         ((status != 0)) || status=1
@@ -385,14 +396,14 @@ cat >"$CONFIG" <<EOF
     dns: (servers: ["$DNS_ADDR:53"], interval: "${INTERVAL}s"),
 )
 EOF
-"$BALLAST" --config "$CONFIG" --check >"$RUN_DIR/check.out" 2>&1 ||
-    die "the generated configuration is invalid: $(cat "$RUN_DIR/check.out")"
+# (`ballast --check` resolves the name, so it runs in an instance's namespace, below: from
+# here its queries would leave for the host's network.)
 
 trap cleanup EXIT
 trap 'on_signal SIGINT 130' INT
 trap 'on_signal SIGTERM 143' TERM
 trap 'on_signal SIGHUP 129' HUP
-: >"$PIDS_FILE"
+printf '%s\n' "$$" >"$RUN_DIR/cluster.pid"
 remove_stale_namespaces
 start_ns_watchdog
 STARTED_US=$(now_us)
@@ -481,7 +492,7 @@ row router "$NS_RT" "$VIP/32 by ECMP over $(front_of lb1), $(front_of lb2), $(fr
 row lb1-lb3 "$PREFIX-lb{1,2,3}" "ballast on $VIP:$PORT (the VIP on lo), Maglev, workers 1; 10.0.3.{1,2,3} toward the backends"
 row backends "$NS_BE" "ballast-backend on ${BACKENDS[0]}-${BACKENDS[3]##*.}:$BACKEND_PORT, $NEW_BACKEND for (c); bridge br0"
 row dns "$NS_DNS" "dnsmasq on $DNS_ADDR:53 answering $NAME; ballast re-resolves it every ${INTERVAL}s"
-row logs "" "$RUN_DIR"
+row logs "" "${RUN_DIR#"$REPO_ROOT"/}"
 printf '\n'
 
 # --- processes -----------------------------------------------------------------------------
@@ -498,7 +509,8 @@ note "dnsmasq: $NAME has ${#BACKENDS[@]} addresses (pid $DNS_PID)"
 for addr in "${BACKENDS[@]}"; do start_backend "$addr"; done
 note "backends: ${BACKENDS[*]} on port $BACKEND_PORT"
 
-# ballast refuses to start when no backend resolves: check the name first, as ballast would.
+# ballast refuses to start when no backend resolves: check the configuration and the name
+# first, as ballast would.
 ip netns exec "$(ns_of lb1)" "$BALLAST" --config "$CONFIG" --check >"$RUN_DIR/check.out" 2>&1 ||
     die "ballast --check failed: $(cat "$RUN_DIR/check.out")"
 if grep -q 'cannot resolve' "$RUN_DIR/check.out"; then

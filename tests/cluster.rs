@@ -28,6 +28,12 @@ fn bin_dir() -> &'static Path {
     Path::new(BALLAST).parent().expect("binary directory")
 }
 
+/// A shell command line that runs `command` with the sbin directories (where `ip`,
+/// `dnsmasq` and `nft` live) on its PATH, as the script itself does.
+fn sbin(command: &str) -> String {
+    format!("PATH=\"$PATH:/usr/sbin:/sbin\" {command}")
+}
+
 /// Runs `program args` quietly; true when it exits 0.
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -61,16 +67,17 @@ fn missing_prerequisite() -> Option<String> {
         ("nft", "nftables"),
         ("python3", "python3"),
     ] {
-        if !succeeds("sh", &["-c", &format!("command -v {tool}")]) {
+        if !succeeds("sh", &["-c", &sbin(&format!("command -v {tool}"))]) {
             return Some(format!("{tool} is missing (Debian package {package})"));
         }
     }
     let probe = format!("ballast-probe-{}", std::process::id());
-    if !succeeds("ip", &["netns", "add", &probe]) {
+    let ip = |args: &str| succeeds("sh", &["-c", &sbin(&format!("ip {args}"))]);
+    if !ip(&format!("netns add {probe}")) {
         return Some("`ip netns add` fails: no network namespaces here".into());
     }
     assert!(
-        succeeds("ip", &["netns", "del", &probe]),
+        ip(&format!("netns del {probe}")),
         "could not delete the probe namespace {probe}"
     );
     None
@@ -208,7 +215,7 @@ impl Drop for Run {
 /// What a run left behind: namespaces named with its prefix, and processes that belong to
 /// it (their command line names its run directory, or a backend address of the topology).
 fn leftovers(prefix: &str, run_dir: &Path) -> Vec<String> {
-    let mut left: Vec<String> = output("ip", &["netns", "list"])
+    let mut left: Vec<String> = output("sh", &["-c", &sbin("ip netns list")])
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|ns| ns.starts_with(prefix))
