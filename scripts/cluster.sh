@@ -51,7 +51,7 @@ Exit status: 0 when every check passes, 1 when one fails or something goes wrong
 bad arguments or when it cannot run here (not root, no namespaces, a tool missing).
 
 Environment:
-  CLUSTER_CLIENTS        client source addresses (default: 100; 10 to 150)
+  CLUSTER_CLIENTS        client source addresses (default: 100; 50 to 150)
   CLUSTER_READY_TIMEOUT  seconds to wait for each process or event (default: 10)
   CLUSTER_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default: 10)
   BALLAST_BIN_DIR        use ballast and ballast-backend from this directory and skip
@@ -59,6 +59,12 @@ Environment:
   BALLAST_RUN_DIR        logs and results (default: target/ballast-run); the script uses
                          its `cluster` subdirectory
 EOF
+}
+
+# What bad_usage shows: the full help is long.
+short_usage() {
+    usage | sed -n '1p'
+    printf '\nRun "scripts/cluster.sh --help" for the details.\n'
 }
 
 # --- arguments and environment -------------------------------------------------------------
@@ -74,8 +80,8 @@ esac
 CLIENTS=${CLUSTER_CLIENTS:-100}
 READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-10}
 STOP_TIMEOUT=${CLUSTER_STOP_TIMEOUT:-10}
-if ! is_uint "$CLIENTS" || ((CLIENTS < 10 || CLIENTS > 150)); then
-    bad_usage "CLUSTER_CLIENTS must be a number from 10 to 150, not '$CLIENTS'"
+if ! is_uint "$CLIENTS" || ((CLIENTS < 50 || CLIENTS > 150)); then
+    bad_usage "CLUSTER_CLIENTS must be a number from 50 to 150, not '$CLIENTS'"
 fi
 CLIENTS=$((10#$CLIENTS))
 is_uint "$READY_TIMEOUT" || bad_usage "CLUSTER_READY_TIMEOUT must be whole seconds, not '$READY_TIMEOUT'"
@@ -556,7 +562,7 @@ exec 8<>"$RUN_DIR/hold.fifo"
 spawn "$NS_CL" "$RUN_DIR/hold.out" "$RUN_DIR/hold.err" --stdin "$RUN_DIR/hold.fifo" \
     "$PYTHON" "$CLIENT_PY" hold "${clients[@]}" --count "$CLIENTS" --ports 20000 --number "$HELD" --max-seconds 60
 HOLD_PID=$SPAWNED
-wait_ready "$RUN_DIR/hold.out" '^ready' "$HOLD_PID" "the holding client" "$RUN_DIR/hold.err" || exit 1
+wait_ready "$RUN_DIR/hold.out" '^ready' "$HOLD_PID" "the holding client" "$RUN_DIR/hold.out" || exit 1
 ss_args=()
 for lb in "${INSTANCES[@]}"; do
     ip netns exec "$(ns_of "$lb")" ss -Htn state established "( sport = :$PORT )" >"$RUN_DIR/held-$lb.txt"
