@@ -191,6 +191,15 @@ impl Backend {
         Arc::ptr_eq(&self.live, &other.live)
     }
 
+    /// Starts its slow start afresh: it has just joined its service again.
+    pub(crate) fn came_up_now(&self) {
+        *self
+            .live
+            .came_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
     /// How far a slow start of `slow_start` has brought it at `now`: 1 without one, for a
     /// backend there from the start, or once `slow_start` has passed since it came up;
     /// before that the time passed as a share of it, but at least 1/[`RAMP_SCALE`].
@@ -205,12 +214,20 @@ impl Backend {
             .unwrap_or_else(PoisonError::into_inner);
         let Some(came_up) = came_up else { return 1.0 };
         let share = now.saturating_duration_since(came_up).as_secs_f64() / slow_start.as_secs_f64();
-        share.clamp(1.0 / f64::from(RAMP_SCALE), 1.0)
+        // Whole sixteenths: ramped weights stay multiples of the others' divisors, so the
+        // weighted round robin schedule keeps its common-divisor reduction (and its size).
+        let steps = (share * f64::from(RAMP_SCALE)).floor();
+        (steps / f64::from(RAMP_SCALE)).clamp(1.0 / f64::from(RAMP_SCALE), 1.0)
     }
 
-    /// The weight in effect now: `weight` times its ramp (fractional during a slow start).
+    /// The weight in effect now: `weight` times its ramp (fractional during a slow start),
+    /// and 0 while it is down.
     pub(crate) fn effective_weight(&self) -> f64 {
-        f64::from(self.weight) * self.ramp
+        if self.is_up() {
+            f64::from(self.weight) * self.ramp
+        } else {
+            0.0
+        }
     }
 
     /// Where its load agent listens: the configured `load_addr`, else its own address.

@@ -9,7 +9,7 @@ use crate::config::{BackendAddr, Config, ServiceConfig};
 use crate::dns::Resolved;
 use crate::relay;
 use crate::routes::Routes;
-use crate::selection::{Candidate, Candidates, Selector};
+use crate::selection::{Algorithm, Candidate, Candidates, Selector};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use log::info;
 use std::collections::HashMap;
@@ -65,6 +65,9 @@ impl Snapshot {
     /// ones joining a running service (a previous snapshot exists) start a slow start.
     fn new(config: ServiceConfig, inputs: &Inputs<'_>) -> Snapshot {
         let mut backends = Vec::new();
+        // The weight each has in the file: Maglev's table is built from these, so that a
+        // runtime drain skips a backend in the table's order, as a down one is.
+        let mut file_weights = Vec::new();
         let service: Arc<str> = Arc::from(config.name.as_str());
         for configured in &config.backends {
             let addrs: Vec<(String, SocketAddr)> = match &configured.addr {
@@ -93,8 +96,18 @@ impl Snapshot {
                     .previous
                     .and_then(|p| p.backends.iter().find(known))
                     .or_else(|| inputs.departed.iter().find(known));
+                file_weights.push(configured.weight);
+                let revived = inputs.previous.is_some_and(|p| !p.backends.iter().any(|o| known(&o)));
                 backends.push(match same {
-                    Some(old) => old.reconfigured(&b, &config.health),
+                    Some(old) => {
+                        let renewed = old.reconfigured(&b, &config.health);
+                        if revived {
+                            // Back after it left (its old connections still open): it
+                            // joins again, so a slow start ramps it again.
+                            renewed.came_up_now();
+                        }
+                        renewed
+                    }
                     None => Backend::new(
                         Arc::clone(&service),
                         name,
@@ -116,15 +129,19 @@ impl Snapshot {
             .iter()
             .zip(&ramps)
             .any(|(b, &ramp)| ramp < 1.0 && b.weight > 0);
-        for (b, ramp) in backends.iter_mut().zip(ramps) {
-            b.ramp = ramp;
-            b.pick_weight = if !ramping || b.weight == 0 {
-                b.weight
+        // At least 1: a ramping backend is in rotation from its first step.
+        let ramped = |weight: u32, ramp: f64| {
+            if !ramping || weight == 0 {
+                weight
             } else {
-                // At least 1: a ramping backend is in rotation from its first step.
-                let scaled = f64::from(b.weight * RAMP_SCALE) * ramp;
-                (scaled.ceil() as u32).max(1)
-            };
+                ((f64::from(weight * RAMP_SCALE) * ramp).ceil() as u32).max(1)
+            }
+        };
+        let mut table_weights = Vec::with_capacity(backends.len());
+        for ((b, ramp), file_weight) in backends.iter_mut().zip(ramps).zip(file_weights) {
+            b.ramp = ramp;
+            b.pick_weight = ramped(b.weight, ramp);
+            table_weights.push(ramped(file_weight, ramp));
         }
         let backends: Vec<Arc<Backend>> = backends.into_iter().map(Arc::new).collect();
         let tiers = [false, true]
@@ -137,9 +154,13 @@ impl Snapshot {
                     return None;
                 }
                 // Names as well as weights: Maglev builds its table from them.
+                let weight = |i: usize| match config.algorithm {
+                    Algorithm::Maglev => table_weights[i],
+                    _ => backends[i].pick_weight,
+                };
                 let named: Vec<(&str, u32)> = members
                     .iter()
-                    .map(|&i| (backends[i].name.as_str(), backends[i].pick_weight))
+                    .map(|&i| (backends[i].name.as_str(), weight(i)))
                     .collect();
                 let selector = Selector::new(config.algorithm, &named);
                 Some(Tier { members, selector })

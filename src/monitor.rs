@@ -66,7 +66,11 @@ pub(crate) fn spawn_ramp(service: &Arc<Service>, tracker: &TaskTracker, stop: &C
             } else {
                 came_up.await;
             }
-            service.refresh();
+            // A large weighted schedule takes a while to lay out: off the event loop.
+            let stepping = Arc::clone(&service);
+            if tokio::task::spawn_blocking(move || stepping.refresh()).await.is_err() {
+                return;
+            }
         }
     }));
 }
