@@ -97,7 +97,9 @@ impl Snapshot {
                     .and_then(|p| p.backends.iter().find(known))
                     .or_else(|| inputs.departed.iter().find(known));
                 file_weights.push(configured.weight);
-                let revived = inputs.previous.is_some_and(|p| !p.backends.iter().any(|o| known(&o)));
+                let revived = inputs
+                    .previous
+                    .is_some_and(|p| !p.backends.iter().any(|o| known(&o)));
                 backends.push(match same {
                     Some(old) => {
                         let renewed = old.reconfigured(&b, &config.health);
@@ -817,6 +819,67 @@ mod tests {
         );
         balancer.start_draining();
         assert_eq!(balancer.not_ready(), ["draining"]);
+    }
+
+    #[test]
+    fn maglev_skips_a_drained_backend_as_it_skips_a_down_one() {
+        let text = r#"(listen: "127.0.0.1:0", algorithm: Maglev, health: (fall: 1), backends: [
+            (name: "a", addr: "127.0.0.1:1"), (name: "b", addr: "127.0.0.1:2", weight: 2),
+            (name: "c", addr: "127.0.0.1:3")])"#;
+        let clients: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let picks = |s: &Service| -> Vec<String> {
+            let snapshot = s.snapshot();
+            clients
+                .iter()
+                .map(|&c| {
+                    let (i, _guard) = snapshot.pick(&[], c).expect("a pick");
+                    snapshot.backends[i].name.clone()
+                })
+                .collect()
+        };
+        let down = service(text);
+        let before = picks(&down);
+        down.snapshot().backends[1].record_check(false, "test");
+        let drained = service(text);
+        drained.set_weight("b", Some(0)).expect("known");
+        let (when_down, when_drained) = (picks(&down), picks(&drained));
+        assert!(!when_down.contains(&"b".to_string()));
+        assert_eq!(when_down, when_drained);
+        // Only b's clients moved.
+        let moved = before
+            .iter()
+            .zip(&when_down)
+            .filter(|(was, now)| was != now)
+            .count();
+        assert_eq!(moved, before.iter().filter(|n| *n == "b").count());
+    }
+
+    #[test]
+    fn a_backend_that_left_with_connections_open_ramps_again_when_it_returns() {
+        let text = r#"(listen: "127.0.0.1:0", algorithm: LeastConnections, slow_start: "1m",
+            backends: [(name: "a", addr: "127.0.0.1:1"), (name: "b", addr: "127.0.0.1:2")])"#;
+        let s = service(text);
+        let held = s.snapshot().backends[1].connect_guard();
+        let without = Config::parse(
+            &text.replace(r#", (name: "b", addr: "127.0.0.1:2")"#, ""),
+            Path::new("t.ron"),
+        )
+        .expect("config");
+        s.reload(without.services[0].clone(), &Arc::default());
+        let with = Config::parse(text, Path::new("t.ron")).expect("config");
+        let back = s.reload(with.services[0].clone(), &Arc::default());
+        let b = &back.backends[1];
+        // Its open connection still counts against it, and it ramps from the start.
+        assert_eq!(b.stats().active.load(Ordering::Relaxed), 1);
+        assert_eq!(b.ramp, 1.0 / 16.0);
+        drop(held);
+        // Down: no weight in effect, whatever its ramp.
+        b.record_check(false, "test");
+        b.record_check(false, "test");
+        b.record_check(false, "test");
+        assert_eq!(b.effective_weight(), 0.0);
     }
 
     #[test]

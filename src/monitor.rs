@@ -68,7 +68,10 @@ pub(crate) fn spawn_ramp(service: &Arc<Service>, tracker: &TaskTracker, stop: &C
             }
             // A large weighted schedule takes a while to lay out: off the event loop.
             let stepping = Arc::clone(&service);
-            if tokio::task::spawn_blocking(move || stepping.refresh()).await.is_err() {
+            if tokio::task::spawn_blocking(move || stepping.refresh())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
