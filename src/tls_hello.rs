@@ -227,9 +227,12 @@ fn server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
     Ok(host)
 }
 
-/// A `host_name` as RFC 6066 has it: a DNS host name in ASCII, without a trailing dot.
-/// Returned lower-cased, since names compare without regard to case.
+/// A `host_name` as RFC 6066 has it: a DNS host name in ASCII. RFC 6066 says "without a
+/// trailing dot", but some clients send one verbatim (`openssl s_client -servername
+/// a.example.`): it is dropped, as the configuration's names drop theirs. Returned
+/// lower-cased, since names compare without regard to case.
 fn host_name(name: &[u8]) -> Result<String, &'static str> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
     let label_ok = |label: &[u8]| {
         !label.is_empty()
             && label.len() <= 63
@@ -316,6 +319,11 @@ mod tests {
     fn reads_the_host_name_lower_cased() {
         assert_eq!(
             sni(&hello("Api.Example.COM")).as_deref(),
+            Some("api.example.com")
+        );
+        // Sent verbatim by some clients, against RFC 6066: the same name.
+        assert_eq!(
+            sni(&hello("api.example.com.")).as_deref(),
             Some("api.example.com")
         );
     }
@@ -414,7 +422,14 @@ mod tests {
         for (bytes, why) in cases {
             assert_eq!(parse(&bytes), Parsed::NotTls(why), "{bytes:?}");
         }
-        for bad in [&b""[..], b"a..b", b"a b", b"caf\xc3\xa9.example", b"dot."] {
+        for bad in [
+            &b""[..],
+            b"a..b",
+            b"a b",
+            b"caf\xc3\xa9.example",
+            b"dot..",
+            b".",
+        ] {
             let e = sni_extension(HOST_NAME, bad);
             assert_eq!(
                 parse(&records(&body(Some(&e)), MAX_RECORD)),

@@ -489,3 +489,52 @@ async fn a_reload_rebuilds_the_routes() {
         assert_eq!(got, expected);
     }
 }
+
+/// A client still sending its ClientHello when a reload changes the routes is routed by the
+/// routes in force once its ClientHello is whole: here its exact route is gone, and the
+/// wildcard takes it to `www` (whose certificate covers `*.example.com`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_finished_after_a_reload_follows_the_new_routes() {
+    let backends = Backends::start().await;
+    let config = backends.config(&backends.own(), "");
+    let b = Balancer::start(&config);
+    let (client, addr) = (backends.pki.client(), b.addr);
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let talker = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let server = ServerName::try_from("api.example.com").expect("server name");
+        let mut tls = ClientConnection::new(Arc::new(client), server).expect("client");
+        let mut hello = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut hello)?;
+        }
+        let mut socket = std::net::TcpStream::connect(addr)?;
+        socket.set_read_timeout(Some(WAIT))?;
+        socket.write_all(&hello[..20])?;
+        let _ = sent_tx.send(());
+        let _ = go_rx.recv_timeout(WAIT);
+        socket.write_all(&hello[20..])?;
+        let mut out = String::new();
+        rustls::Stream::new(&mut tls, &mut socket).read_to_string(&mut out)?;
+        Ok(out)
+    });
+    sent_rx.recv_timeout(WAIT).expect("first bytes sent");
+    let reloaded = config
+        .replace(
+            "(server_names: [\"api.example.com\"], service: \"api\"),",
+            "",
+        )
+        .replace(
+            &format!(
+                "(name: \"api\", algorithm: RoundRobin, backends: [(name: \"api-1\", addr: \"{}\")]),",
+                backends.api
+            ),
+            "",
+        );
+    assert_ne!(reloaded, config);
+    let verdict = tokio::task::block_in_place(|| b.reload(&reloaded));
+    assert!(verdict.contains("reloaded"), "{verdict}");
+    go_tx.send(()).expect("client waiting");
+    let got = within(talker).await.expect("client").expect("handshake");
+    assert_eq!(got, "www-1 api.example.com");
+}

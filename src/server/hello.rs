@@ -49,10 +49,11 @@ impl fmt::Display for Routed {
     }
 }
 
-/// Reads the ClientHello of client `peer` of `service` (whose route table is `routes`)
-/// within `limit`, and routes it: to the target of the route its server name matches, or
-/// else to the service's own backends (`own_backends`: it has some). Returns how it was
-/// routed, once that is known, with the verdict.
+/// Reads the ClientHello of client `peer` of `service` within `limit`, and routes it by
+/// the service's route table as it stands once the ClientHello is whole (a reload while the
+/// client was still sending has its say): to the target of the route its server name
+/// matches, or else to the service's own backends (`own_backends`: it has some). Returns
+/// how it was routed, once that is known, with the verdict.
 ///
 /// # Errors
 /// For the log, with how far it got: the ClientHello did not arrive whole within `limit`,
@@ -61,18 +62,18 @@ impl fmt::Display for Routed {
 pub(super) async fn route(
     client: &TcpStream,
     peer: SocketAddr,
-    routes: &Routes<Arc<Service>>,
     service: &Service,
     own_backends: bool,
     limit: Duration,
 ) -> (Option<Routed>, Result<(), String>) {
     let (routed, why) = match read_client_hello(client, limit).await {
         Err(why) => return (None, Err(why)),
-        Ok(Parsed::Hello { sni: Some(sni), .. }) => match routes.find(&sni) {
-            Some(target) => {
-                let target = Arc::clone(target);
-                return (Some(Routed::Matched { sni, target }), Ok(()));
-            }
+        Ok(Parsed::Hello { sni: Some(sni), .. }) => match service
+            .routes
+            .load_full()
+            .and_then(|routes: Arc<Routes<Arc<Service>>>| routes.find(&sni).map(Arc::clone))
+        {
+            Some(target) => return (Some(Routed::Matched { sni, target }), Ok(())),
             None => {
                 let why = format!("no route for server name {sni:?}");
                 (Routed::Unmatched { sni }, why)

@@ -183,13 +183,10 @@ async fn set_up(
     }
     let mut routed = None;
     // The configuration first: a service without routes reads no more than that.
-    if !snapshot.config.routes.is_empty()
-        && let Some(routes) = service.routes.load_full()
-    {
+    if !snapshot.config.routes.is_empty() {
         let (how, verdict) = hello::route(
             client,
             source,
-            &routes,
             service,
             !snapshot.config.backends.is_empty(),
             snapshot.config.timeouts.client_hello,
