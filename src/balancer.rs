@@ -164,7 +164,10 @@ impl Snapshot {
                     .iter()
                     .map(|&i| (backends[i].name.as_str(), weight(i)))
                     .collect();
-                let selector = Selector::new(config.algorithm, &named);
+                let selector = match config.algorithm {
+                    Algorithm::Maglev => Selector::maglev(&named, config.maglev_table_size),
+                    algorithm => Selector::new(algorithm, &named),
+                };
                 Some(Tier { members, selector })
             })
             .collect();

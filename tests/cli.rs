@@ -242,7 +242,7 @@ fn positions_found_after_parsing_skip_comments() {
 fn unknown_field() {
     assert_rejected(
         &VALID.replace("listen:", "listen_on:"),
-        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, backends, accept_proxy, services, workers, timeouts, limits, relay, health, load_poll, access_log, slow_start, admin, admin_token, dns",
+        ":2:5: unknown field `listen_on`: expected one of listen, algorithm, backends, accept_proxy, services, workers, timeouts, limits, relay, health, load_poll, access_log, slow_start, maglev_table_size, admin, admin_token, dns",
     );
 }
 

@@ -102,6 +102,10 @@ pub struct ServiceConfig {
     /// its weight from a sixteenth to the whole over this time (HAProxy's `slowstart`,
     /// Envoy's slow start mode); `None`: at once.
     pub slow_start: Option<Duration>,
+    /// Entries of the Maglev lookup table (a prime; `Maglev` only). More entries spread
+    /// the clients more evenly over many backends and disrupt fewer on a change, at four
+    /// bytes each; the paper asks for at least 100 per backend.
+    pub maglev_table_size: usize,
 }
 
 /// One route of a service: clients whose TLS server name is one of `server_names` go to
@@ -397,6 +401,9 @@ impl Config {
             load_poll: load_poll(raw.load_poll, LoadPollConfig::default()),
             access_log: raw.access_log.unwrap_or_default(),
             slow_start: raw.slow_start.map(|d| d.0),
+            maglev_table_size: raw
+                .maglev_table_size
+                .map_or(crate::selection::MAGLEV_TABLE_SIZE, |s| s.0),
         };
         let single = [
             ("listen", raw.listen.is_some()),
@@ -454,6 +461,7 @@ impl Config {
                         load_poll: None,
                         access_log: None,
                         slow_start: None,
+                        maglev_table_size: None,
                     },
                     &defaults,
                 )]
@@ -634,6 +642,12 @@ impl ServiceConfig {
             ));
         }
         out.push_str(&format!("  access log {:?}\n", self.access_log));
+        if self.algorithm == Algorithm::Maglev {
+            out.push_str(&format!(
+                "  maglev     a table of {} entries\n",
+                self.maglev_table_size
+            ));
+        }
         if let Some(slow_start) = self.slow_start {
             out.push_str(&format!("  slow start {slow_start:?}\n"));
         }
@@ -653,6 +667,7 @@ struct Defaults {
     load_poll: LoadPollConfig,
     access_log: AccessLog,
     slow_start: Option<Duration>,
+    maglev_table_size: usize,
 }
 
 /// A service's values: each field it sets, else the top level's.
@@ -715,6 +730,9 @@ fn service_config(raw: RawService, defaults: &Defaults) -> ServiceConfig {
         access_log: raw.access_log.unwrap_or(defaults.access_log),
         accept_proxy: raw.accept_proxy.unwrap_or(false),
         slow_start: raw.slow_start.map(|d| d.0).or(defaults.slow_start),
+        maglev_table_size: raw
+            .maglev_table_size
+            .map_or(defaults.maglev_table_size, |s| s.0),
     }
 }
 
@@ -1359,6 +1377,35 @@ mod tests {
                 .contains("is listed twice (as 127.0.0.1:8080): list each address once"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_maglev_table_size_is_a_prime() {
+        let text = GOOD.replace("WeightedRoundRobin", "Maglev");
+        assert_eq!(
+            parse(&text).expect("valid").services[0].maglev_table_size,
+            65537
+        );
+        let sized = text.replace("backends:", "maglev_table_size: 655373,\n    backends:");
+        let c = parse(&sized).expect("valid");
+        assert_eq!(c.services[0].maglev_table_size, 655373);
+        assert!(
+            c.summary()
+                .contains("  maglev     a table of 655373 entries\n")
+        );
+        for bad in ["65536", "7", "16777259"] {
+            let e = parse(&text.replace(
+                "backends:",
+                &format!("maglev_table_size: {bad},\n    backends:"),
+            ))
+            .expect_err(bad);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "test.ron:4:24: maglev_table_size {bad}: expected a prime from 251 to 16777213, such as 65537 (the default) or 655373"
+                )
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub(super) load_poll: RawLoadPoll,
     pub(super) access_log: Option<AccessLog>,
     pub(super) slow_start: Option<Positive>,
+    pub(super) maglev_table_size: Option<TableSize>,
     pub(super) admin: Option<Addr>,
     pub(super) admin_token: Option<Token>,
     pub(super) dns: Option<RawDns>,
@@ -56,6 +57,7 @@ pub(super) struct RawService {
     pub(super) load_poll: Option<RawLoadPoll>,
     pub(super) access_log: Option<AccessLog>,
     pub(super) slow_start: Option<Positive>,
+    pub(super) maglev_table_size: Option<TableSize>,
 }
 
 /// A service's own `relay` section: `max_pipes` is a budget of the whole process
@@ -243,6 +245,26 @@ pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
         IpAddr::V6(w) => w.is_unspecified(),
     };
     a == b || covers(a, b) || covers(b, a)
+}
+
+/// `maglev_table_size`: a prime (the Maglev paper's permutations need one), from 251 to
+/// 16,777,213 (the largest prime below 2^24: four bytes per entry, 64 MiB at most).
+pub(super) struct TableSize(pub(super) usize);
+
+impl<'de> Deserialize<'de> for TableSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        held_to(d, |&size: &u64| {
+            let prime = size >= 2 && (2..).take_while(|d| d * d <= size).all(|d| size % d != 0);
+            if (251..=16_777_213).contains(&size) && prime {
+                Ok(())
+            } else {
+                Err(format!(
+                    "maglev_table_size {size}: expected a prime from 251 to 16777213, such as 65537 (the default) or 655373"
+                ))
+            }
+        })
+        .map(|size| TableSize(usize::try_from(size).unwrap_or(usize::MAX)))
+    }
 }
 
 /// A service name: not blank, unique in the file.

@@ -91,7 +91,7 @@ impl Maglev {
     }
 
     /// The table for `backends`, of `size` entries (a prime).
-    fn with_size(backends: &[(&str, u32)], size: usize) -> Maglev {
+    pub(super) fn with_size(backends: &[(&str, u32)], size: usize) -> Maglev {
         debug_assert!(
             size >= 2
                 && (2..size)

@@ -175,6 +175,16 @@ impl Selector {
         }
     }
 
+    /// A `Maglev` selector over `backends` (as for [`Selector::new`]) with a lookup table of
+    /// `size` entries, a prime (the configuration's `maglev_table_size` is checked to be
+    /// one): more entries spread clients more evenly and move fewer on a change.
+    pub fn maglev(backends: &[(&str, u32)], size: usize) -> Selector {
+        Selector {
+            policy: Policy::Maglev(maglev::Maglev::with_size(backends, size)),
+            counter: AtomicUsize::new(0),
+        }
+    }
+
     /// Picks the candidate for the next connection, from `client` (the client's address:
     /// Maglev hashes it, the other policies ignore it), or `None` when none is available.
     pub fn select<C: Candidates + ?Sized>(&self, candidates: &C, client: IpAddr) -> Option<usize> {
