@@ -321,6 +321,7 @@ service    web
   limits     10000 connections, queue 256 for up to 5s
   health     Tcp every 2s, timeout 1s, rise 2, fall 3
   access log Info
+  maglev     a table of 65537 entries
 ",
             dns.addr()
         )
