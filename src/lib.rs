@@ -11,9 +11,11 @@
 //! - [`watch`]: `--watch`, a reload whenever the configuration file's content changes (its
 //!   directory watched with `notify`, ConfigMap symlink swaps included).
 //! - [`server`]: the supervisor (worker threads, reload, shutdown with a bounded grace
-//!   period) and, in `server/`, one worker's `accept` loop, `connect` (pick, failover, the
-//!   queue), `hello` (a client's TLS ClientHello, peeked, and where its server name routes
-//!   it) and one connection's `session` (relay and access line).
+//!   period) and, in `server/`, the `workers` (threads, and the listening addresses of
+//!   every service they accept on), backends' host `names` (resolved, then watched), one
+//!   worker's `accept` loop, `connect` (pick, failover, the queue), `hello` (a client's TLS
+//!   ClientHello, peeked, and where its server name routes it) and one connection's
+//!   `session` (relay and access line).
 //! - `admin`: the admin listener, in `admin/`: `api` (connections, routing, runtime API,
 //!   the `/healthz` and `/readyz` probes), `auth` (the token), `chart` (the history ring),
 //!   `status` (JSON and page), `metrics` (Prometheus text).
@@ -24,9 +26,10 @@
 //! - [`demo`]: the demo backend served by the `ballast-backend` binary: its listeners (one,
 //!   or one per backend of a configuration) and the two pages.
 //! - `monitor`: background health checks and `/load` pollers that feed the backends' state.
-//! - `balancer`: the live state the server and the admin listener share: the snapshot
-//!   swapped whole on reload, the candidate view a selector picks from, the totals, and each
-//!   service's route table with its targets resolved.
+//! - `balancer`: the live state the server and the admin listener share: the services, each
+//!   with its snapshot swapped whole (reload, DNS answer, runtime weight, slow-start step),
+//!   its tiers (backups last) and the candidate view a selector picks from, its totals, and
+//!   its route table with its targets resolved.
 //! - `routes`: a service's route table by TLS server name (exact names, then the longest
 //!   wildcard), pure and generic over its targets.
 //! - `backend`: the live, shared counters of one backend and the RAII guard that keeps the
