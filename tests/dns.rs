@@ -34,15 +34,6 @@ fn level(line: &str) -> &str {
     line.split_whitespace().nth(1).unwrap_or_default()
 }
 
-/// The id a demo backend put on its page (`This is from ID</p>`).
-fn page_id(page: &str) -> String {
-    page.split("This is from ")
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap_or_else(|| panic!("no backend id in {page:?}"))
-        .to_string()
-}
-
 /// `count` sequential `GET /` through `b`; the id of the backend that served each.
 async fn ids(b: &Balancer, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);

@@ -29,15 +29,6 @@ fn wait_log(b: &Balancer, count: usize, pred: impl Fn(&str) -> bool) -> String {
     tokio::task::block_in_place(|| b.log.wait_for(count, pred))
 }
 
-/// The id a demo backend put on its page (`This is from ID</p>`).
-fn page_id(page: &str) -> String {
-    page.split("This is from ")
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap_or_else(|| panic!("no backend id in {page:?}"))
-        .to_string()
-}
-
 /// `count` sequential `GET /` (Connection: close) through the balancer; the id of each.
 async fn demo_ids(b: &Balancer, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);

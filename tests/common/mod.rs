@@ -647,3 +647,12 @@ pub(crate) fn admin_addr(b: &Balancer) -> SocketAddr {
         .parse()
         .unwrap_or_else(|_| panic!("bad admin address in {line:?}"))
 }
+
+/// The id a demo backend put on its page (`This is from ID</p>`).
+pub(crate) fn page_id(page: &str) -> String {
+    page.split("This is from ")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no backend id in {page:?}"))
+        .to_string()
+}
