@@ -535,9 +535,10 @@ impl Balancer {
     }
 
     /// Why new clients should not be sent here now, for `/readyz`: `draining` once the
-    /// shutdown has begun, else one `service NAME: no backend up` for each service with
-    /// backends of its own none of which the health checks consider up (whatever its
-    /// weight). Empty when ready. Every listening address is bound and served by the time
+    /// shutdown has begun, else for each service with backends of its own none of which a
+    /// health check has found up (whatever its weight): `service NAME: no backend up`, or
+    /// `service NAME: no health check has passed yet` while its backends are up only
+    /// because every backend starts up. Empty when ready. Every listening address is bound and served by the time
     /// anything can ask (a reload binds new ones before it swaps), so they need no check.
     pub(crate) fn not_ready(&self) -> Vec<String> {
         if self.draining.load(Ordering::Relaxed) {
@@ -546,13 +547,24 @@ impl Balancer {
         self.services()
             .list
             .iter()
-            .filter(|service| {
+            .filter_map(|service| {
                 let snapshot = service.snapshot();
                 // A service reached through its routes alone has no backends to wait for.
-                let has_backends = !snapshot.config.backends.is_empty();
-                has_backends && !snapshot.backends.iter().any(|b| b.is_up())
+                if snapshot.config.backends.is_empty() {
+                    return None;
+                }
+                let up = || snapshot.backends.iter().filter(|b| b.is_up());
+                if up().any(|b| b.last_check().is_some_and(|c| c.ok)) {
+                    None
+                } else if up().next().is_some() {
+                    Some(format!(
+                        "service {}: no health check has passed yet",
+                        service.name
+                    ))
+                } else {
+                    Some(format!("service {}: no backend up", service.name))
+                }
             })
-            .map(|service| format!("service {}: no backend up", service.name))
             .collect()
     }
 
@@ -803,8 +815,21 @@ mod tests {
         )
         .expect("config");
         let balancer = Balancer::new(config, &Arc::default());
-        assert!(balancer.not_ready().is_empty());
+        // Every backend starts up, but none has passed a check yet.
+        assert_eq!(
+            balancer.not_ready(),
+            [
+                "service web: no health check has passed yet",
+                "service db: no health check has passed yet"
+            ]
+        );
         let services = balancer.services();
+        for name in ["web", "db"] {
+            for b in &services.get(name).expect("service").snapshot().backends {
+                b.record_check(true, "");
+            }
+        }
+        assert!(balancer.not_ready().is_empty());
         let down = |name: &str, backend: usize| {
             let snapshot = services.get(name).expect("service").snapshot();
             for _ in 0..3 {

@@ -32,7 +32,11 @@ fn main() -> ExitCode {
             Err(e) => PROGRAM.fail(e),
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // notify warns at every Kubernetes ConfigMap swap that the directory it watched is
+    // gone (it is: the swap replaces it, and `--watch` follows): its own noise, not the
+    // operator's concern. `RUST_LOG` still shows it when asked.
+    let filter = "info,notify=error";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     // What `--watch` compares later contents with: read before the configuration, so that a
     // change in between is a change it sees.
     let seen = if options.watch {

@@ -168,6 +168,15 @@ where
     }
 }
 
+/// Waits (bounded) until `/readyz` answers 200 ready: once a health check has passed.
+async fn wait_ready(admin: SocketAddr) -> Reply {
+    eventually("/readyz to say ready", || async {
+        let reply = get(admin, "/readyz").await;
+        (reply.status == 200 && reply.body == READY).then_some(reply)
+    })
+    .await
+}
+
 /// A backend that greets every connection with `name` and a newline, then echoes.
 async fn greeting_echo_backend(name: &'static str) -> SocketAddr {
     spawn_backend(move |mut s| async move {
@@ -1224,12 +1233,18 @@ async fn probes_answer_live_and_ready_without_the_token() {
         Some("text/plain; charset=utf-8")
     );
     assert_eq!(live.header("cache-control"), Some("no-store"));
-    let ready = get(admin, "/readyz").await;
-    assert_eq!(
-        (ready.status, ready.body.as_str()),
-        (200, READY),
-        "{ready:?}"
+    // Not ready until a health check has passed (every backend starts up, unchecked).
+    let first = get(admin, "/readyz").await;
+    assert!(
+        (first.status, first.body.as_str())
+            == (
+                503,
+                "{\"ready\":false,\"reasons\":[\"service default: no health check has passed yet\"]}\n"
+            )
+            || (first.status, first.body.as_str()) == (200, READY),
+        "{first:?}"
     );
+    let ready = wait_ready(admin).await;
     assert_eq!(ready.header("content-type"), Some("application/json"));
     for path in ["/healthz", "/readyz"] {
         let head = request(admin, "HEAD", path, &[]).await;
@@ -1297,7 +1312,7 @@ async fn not_ready_from_the_start_of_the_drain_while_connections_finish() {
         &[("echo", echo_backend().await, 1)],
         "timeouts: (grace: \"30s\"),",
     ));
-    assert_eq!(get(admin, "/readyz").await.body, READY);
+    wait_ready(admin).await;
     let mut open = connect(b.addr).await;
     assert_eq!(echoed(&mut open, b"one").await, b"one");
     b.proc.signal("TERM");
@@ -1333,6 +1348,7 @@ async fn the_drain_stays_bounded_with_admin_connections_open() {
         &[("echo", echo_backend().await, 1)],
         "timeouts: (grace: \"300ms\"),",
     ));
+    wait_ready(admin).await;
     let mut open = connect(b.addr).await;
     assert_eq!(echoed(&mut open, b"x").await, b"x");
     // An idle keep-alive admin connection, and one that never finishes its request.

@@ -321,3 +321,26 @@ async fn one_family_failing_keeps_every_address_and_says_so_once() {
         1
     );
 }
+
+/// A balancer whose every backend is a name that does not resolve yet (a Kubernetes
+/// headless Service before its pods are ready) starts, serves nobody and says why, and
+/// serves as soon as the name resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_whose_names_resolve_later_starts_and_waits_for_them() {
+    let dns = DnsServer::start().await;
+    let late = DemoBackend::start_exactly(&["--listen", "127.0.0.2:0", "--id", "late"], &[]);
+    let b = Balancer::start(&named_config(&dns, late.addr.port()));
+    b.log.wait_for(1, |l| {
+        message(l)
+            == "no service can serve: every backend is a host name that resolves to nothing yet; serving, and not ready until a name resolves"
+    });
+    let addr = b.addr;
+    b.log.wait_for(1, |l| {
+        message(l) == format!("listening on {addr}, service web, algorithm RoundRobin, 0 backends")
+    });
+    dns.set(HOST, &[ip("127.0.0.2")]);
+    b.log.wait_for(1, |l| {
+        message(l) == "service web: 1 backend after a DNS change"
+    });
+    assert_eq!(ids(&b, 2).await, ["late", "late"]);
+}

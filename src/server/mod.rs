@@ -139,8 +139,9 @@ impl Server {
             resolved = host_names.follow(&config, &background) => resolved,
         };
         if !names::can_serve(&config, &resolved) {
-            host_names.stop();
-            return Err(io::Error::other(NO_SERVICE_CAN_SERVE));
+            // Backends may well appear (a Kubernetes headless Service whose pods are not
+            // ready yet): serve, and stay not ready (`/readyz`) until they do.
+            warn!("{NO_SERVICE_CAN_SERVE} yet; serving, and not ready until a name resolves");
         }
         let balancer = Arc::new(Balancer::new(config, &resolved));
         let services = balancer.services();
@@ -220,11 +221,10 @@ impl Server {
                 () = &mut shutdown => break,
                 resolved = host_names.follow(&config, &supervisor.background) => resolved,
             };
-            let verdict = if names::can_serve(&config, &resolved) {
-                supervisor.reload(config, &resolved).await
-            } else {
-                Err(io::Error::other(NO_SERVICE_CAN_SERVE))
-            };
+            if !names::can_serve(&config, &resolved) {
+                warn!("reload: {NO_SERVICE_CAN_SERVE} yet; not ready until a name resolves");
+            }
+            let verdict = supervisor.reload(config, &resolved).await;
             if let Err(e) = verdict {
                 reload::rejected(e);
                 let running = balancer.services();
@@ -327,7 +327,7 @@ fn bind_service(
         })
 }
 
-/// Why a configuration cannot be put in force although it is valid.
+/// A valid configuration that cannot serve a client yet.
 const NO_SERVICE_CAN_SERVE: &str =
     "no service can serve: every backend is a host name that resolves to nothing";
 
