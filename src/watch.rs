@@ -17,6 +17,7 @@
 //!
 //! Watching is done by the `notify` crate (inotify on Linux).
 
+use crate::config::Config;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,7 +122,22 @@ async fn settle(wake: &Notify) {
 /// false once the supervisor is gone.
 async fn check(reloads: &Reloads, path: &Path, seen: &mut Option<Vec<u8>>) -> bool {
     // Unreadable (gone, say) counts as a content of its own: the reload reports why.
-    let now = std::fs::read(path).ok();
+    let mut now = std::fs::read(path).ok();
+    // A writer that pauses half way (a slow copy, an editor writing in pieces) leaves a file
+    // that does not parse yet: while it keeps changing, wait for it (a few times at most)
+    // rather than reject what is not finished.
+    for _ in 0..3 {
+        let text = now.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+        if text.is_some_and(|t| Config::parse(t, path).is_ok()) {
+            break;
+        }
+        tokio::time::sleep(SETTLE_AT_MOST).await;
+        let again = std::fs::read(path).ok();
+        if again == now {
+            break;
+        }
+        now = again;
+    }
     if now == *seen {
         log::debug!("{}: content unchanged, no reload", path.display());
         return true;

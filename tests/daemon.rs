@@ -179,6 +179,28 @@ async fn watch_rejects_a_bad_file_and_keeps_serving() {
     assert_eq!(read_all(b.addr).await, "b");
 }
 
+/// A writer that pauses half way (the first half written, the rest 400 ms later) gets one
+/// reload of the finished file, not a rejection of the half.
+#[tokio::test]
+async fn watch_waits_for_a_slow_writer_to_finish() {
+    use std::io::Write as _;
+    let (a, bb) = (named_backend("a").await, named_backend("b").await);
+    let b = Balancer::start_in(&one("a", a), watching());
+    let text = one("b", bb);
+    let (first, rest) = text.split_at(text.len() / 2);
+    let mut file = std::fs::File::create(&b.config_path).expect("truncate");
+    file.write_all(first.as_bytes()).expect("first half");
+    file.flush().expect("flush");
+    // The pause is what this test is about: longer than the watcher's quiet period.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    file.write_all(rest.as_bytes()).expect("the rest");
+    drop(file);
+    let line = next_verdict(&b, 0);
+    assert!(line.contains("reloaded: listening on"), "{line}");
+    assert_eq!(read_all(b.addr).await, "b");
+    assert_eq!(b.log.count(|l| l.contains("reload rejected")), 0);
+}
+
 #[tokio::test]
 async fn without_watch_a_change_waits_for_sighup() {
     let (a, bb) = (named_backend("a").await, named_backend("b").await);
