@@ -92,25 +92,18 @@ impl Snapshot {
                     b.weight = weight;
                 }
                 let known = |old: &&Arc<Backend>| old.name == name && old.addr == addr;
-                let same = inputs
-                    .previous
-                    .and_then(|p| p.backends.iter().find(known))
-                    .or_else(|| inputs.departed.iter().find(known));
                 file_weights.push(configured.weight);
-                let revived = inputs
-                    .previous
-                    .is_some_and(|p| !p.backends.iter().any(|o| known(&o)));
-                backends.push(match same {
-                    Some(old) => {
-                        let renewed = old.reconfigured(&b, &config.health);
-                        if revived {
-                            // Back after it left (its old connections still open): it
-                            // joins again, so a slow start ramps it again.
-                            renewed.came_up_now();
-                        }
-                        renewed
-                    }
-                    None => Backend::new(
+                let kept = inputs.previous.and_then(|p| p.backends.iter().find(known));
+                backends.push(if let Some(old) = kept {
+                    old.reconfigured(&b, &config.health)
+                } else if let Some(old) = inputs.departed.iter().find(known) {
+                    let renewed = old.reconfigured(&b, &config.health);
+                    // Back after it left (its old connections still open): it joins again,
+                    // so a slow start ramps it again.
+                    renewed.came_up_now();
+                    renewed
+                } else {
+                    Backend::new(
                         Arc::clone(&service),
                         name,
                         addr,
@@ -118,7 +111,7 @@ impl Snapshot {
                         &config.health,
                         Arc::clone(inputs.signals),
                         inputs.previous.is_some(),
-                    ),
+                    )
                 });
             }
         }

@@ -29,7 +29,7 @@ pub(super) async fn serve_connection(
     let started = Instant::now();
     // An IPv4 client of a dual-stack `[::]` listener is an IPv4 client: so it is logged and
     // passed on in PROXY headers (TCP4).
-    peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    peer = canonical(peer);
     let snapshot = service.snapshot();
     let cut_off = &service.cut_off;
     let access_log = snapshot.config.access_log;
@@ -212,7 +212,7 @@ async fn set_up(
         let destination = match destination {
             Some(to) => to,
             None => match client.local_addr() {
-                Ok(to) => SocketAddr::new(to.ip().to_canonical(), to.port()),
+                Ok(to) => canonical(to),
                 Err(e) => {
                     return (
                         source,
@@ -296,4 +296,10 @@ async fn read_proxy_header(client: &TcpStream, limit: Duration) -> Result<Header
     tokio::time::timeout(limit, read)
         .await
         .map_err(|_| format!("no complete PROXY header within {limit:?}"))?
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`, as a dual-stack socket
+/// reports IPv4 peers) written as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
