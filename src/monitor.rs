@@ -15,7 +15,7 @@ use log::{debug, error, info, warn};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RAMP_SCALE};
 use crate::balancer::Service;
 use crate::config::{Check, HealthConfig, LoadPollConfig, ServiceConfig};
 use crate::probe::{self, ProbeError};
@@ -78,10 +78,11 @@ pub(crate) fn spawn_ramp(service: &Arc<Service>, tracker: &TaskTracker, stop: &C
     }));
 }
 
-/// How often a slow start's weights are raised: 32 steps over `slow_start`, but no more
-/// than ten a second and at least one a second.
+/// How often a slow start's weights are raised: once per sixteenth of `slow_start`, the
+/// steps a ramp moves in (`Backend::ramp_at`; rebuilding more often lays out the same
+/// weights again), but no more than ten a second and at least one a second.
 pub(crate) fn ramp_step(slow_start: Duration) -> Duration {
-    (slow_start / 32).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    (slow_start / RAMP_SCALE).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 async fn until_cancelled(stop: CancellationToken, task: impl Future<Output = ()>) {
